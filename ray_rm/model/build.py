@@ -1,0 +1,166 @@
+"""Build a ``RewardModel`` for training (from a base LM) or inference (from an exported RM checkpoint).
+
+Both paths load ``AutoModelForSequenceClassification(num_labels=1)`` and split it into backbone and
+head, so training, export and any consumer agree on the architecture. LoRA wraps only the backbone:
+the value head stays a plain, fully trained module that is always part of the state dict.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ray_rm.assets import resolve_model_path
+from ray_rm.config_schema import ModelConfig
+from ray_rm.errors import UserError
+from ray_rm.model import attention
+from ray_rm.model.reward_model import RewardModel
+
+log = logging.getLogger(__name__)
+
+ENCODER_TYPES = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "modernbert"}
+HEAD_NAMES = ("score", "classifier")
+
+
+def detect_kind(hf_config, requested: str = "auto") -> str:
+    if requested in ("decoder", "encoder"):
+        return requested
+    if requested != "auto":
+        raise UserError(f"model.kind must be auto, decoder or encoder, got '{requested}'")
+    return "encoder" if hf_config.model_type in ENCODER_TYPES else "decoder"
+
+
+def resolve_attn(requested: str, device_type: str) -> tuple[str, str]:
+    """(transformers attn_implementation, ray_rm plan backend) for a config value."""
+    if requested in ("auto", "varlen"):
+        return attention.ATTN_NAME, "auto"
+    if requested == "flash_attention_2":
+        if not (device_type == "cuda" and attention.flash_available()):
+            raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                            "(pip install 'ray_rm[gpu]'); use 'auto' to fall back to varlen attention")
+        return attention.ATTN_NAME, "flash"
+    if requested in ("sdpa", "eager"):
+        return requested, "dense"
+    raise UserError(f"model.attn_implementation must be auto, varlen, flash_attention_2, sdpa or eager, "
+                    f"got '{requested}'")
+
+
+def resolve_dtype(requested: str, device_type: str) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+    except KeyError:
+        raise UserError(f"model.dtype must be auto, float32, bfloat16 or float16, got '{requested}'") from None
+
+
+def _disable_dropout(hf_config) -> None:
+    for name, value in list(vars(hf_config).items()):
+        if isinstance(value, float) and ("dropout" in name) and value > 0:
+            setattr(hf_config, name, 0.0)
+
+
+def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str) -> RewardModel:
+    head_name = next((n for n in HEAD_NAMES if isinstance(getattr(clf, n, None), torch.nn.Linear)), None)
+    if head_name is None:
+        raise UserError(f"{type(clf).__name__} has no linear 'score' or 'classifier' head; unsupported backbone")
+    base_prefix = clf.base_model_prefix
+    return RewardModel(getattr(clf, base_prefix), getattr(clf, head_name), kind=kind, pooling=pooling,
+                       attn_implementation=attn_impl, attn_backend=backend, head_name=head_name,
+                       base_prefix=base_prefix)
+
+
+def _pooling(kind: str, requested: str) -> str:
+    if requested == "auto":
+        return "last" if kind == "decoder" else "cls"
+    allowed = ("last",) if kind == "decoder" else ("cls", "mean")
+    if requested not in allowed:
+        raise UserError(f"model.pooling '{requested}' is not available for a {kind}; use one of {allowed}")
+    return requested
+
+
+def build_reward_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int = 0) -> RewardModel:
+    """A trainable reward model from a base LM (or an existing RM checkpoint to continue training)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    device = torch.device(device)
+    path = resolve_model_path(cfg.name_or_path)
+    hf_config = AutoConfig.from_pretrained(path)
+    kind = detect_kind(hf_config, cfg.kind)
+    pooling = _pooling(kind, cfg.pooling)
+    attn_impl, backend = resolve_attn(cfg.attn_implementation, device.type)
+    attention.register()
+    dtype = resolve_dtype(cfg.dtype, device.type)
+    hf_config.num_labels = 1
+    if not cfg.keep_dropout:
+        _disable_dropout(hf_config)
+    kwargs = {"config": hf_config, "dtype": dtype, "attn_implementation": attn_impl}
+    if cfg.lora.quantize_4bit:
+        kwargs["quantization_config"] = _qlora_config(device, dtype)
+    clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model = _split(clf, kind, pooling, attn_impl, backend)
+    head = model.head
+    torch.manual_seed(seed)
+    std = cfg.head_init_std or 1.0 / math.sqrt(hf_config.hidden_size + 1)
+    with torch.no_grad():
+        head.weight.normal_(0.0, std)
+        if head.bias is not None:
+            head.bias.zero_()
+    head.float()  # the head trains in fp32 even when the backbone is bf16
+    if cfg.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.r > 0:
+        model.backbone = _wrap_lora(model.backbone, cfg, kind)
+    elif cfg.lora.quantize_4bit:
+        raise UserError("model.lora.quantize_4bit (QLoRA) needs model.lora.r > 0: a 4-bit backbone cannot be "
+                        "fully fine-tuned")
+    return model.to(device) if not cfg.lora.quantize_4bit else model
+
+
+def _qlora_config(device: torch.device, dtype: torch.dtype):
+    if device.type != "cuda":
+        raise UserError("QLoRA (model.lora.quantize_4bit=true) needs a CUDA GPU: bitsandbytes 4-bit kernels do "
+                        "not run on CPU. Use LoRA without quantization (model.lora.r>0) on CPU.")
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("QLoRA needs bitsandbytes: pip install 'ray_rm[gpu]'") from None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
+
+
+def _wrap_lora(backbone, cfg: ModelConfig, kind: str):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.lora.quantize_4bit:
+        backbone = prepare_model_for_kbit_training(
+            backbone, use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = cfg.lora.target_modules
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=targets[0] if targets == ["all-linear"] else targets, bias="none")
+    return get_peft_model(backbone, lora)
+
+
+def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str = "auto",
+                      attn_implementation: str = "auto") -> RewardModel:
+    """An inference model from an exported ray_rm checkpoint or any HF sequence-classification RM."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    device = torch.device(device)
+    path = resolve_model_path(path)
+    hf_config = AutoConfig.from_pretrained(path)
+    if getattr(hf_config, "num_labels", 1) != 1:
+        raise UserError(f"'{path}' has {hf_config.num_labels} labels; a reward model has exactly one")
+    meta = getattr(hf_config, "ray_rm", None) or {}
+    kind = meta.get("kind") or detect_kind(hf_config)
+    pooling = meta.get("pooling") or _pooling(kind, "auto")
+    attn_impl, backend = resolve_attn(attn_implementation, device.type)
+    attention.register()
+    clf = AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=resolve_dtype(dtype, device.type), attn_implementation=attn_impl)
+    model = _split(clf, kind, pooling, attn_impl, backend)
+    model.head.float()
+    return model.to(device).eval()

@@ -1,0 +1,89 @@
+"""The reward model: a Hugging Face backbone plus a scalar value head, run on packed rows.
+
+The backbone and head are exactly the parts of ``AutoModelForSequenceClassification`` (``model`` +
+``score`` for decoders, ``bert`` + pooler + ``classifier`` for encoders), so the export is a plain
+HF checkpoint that reproduces ray_rm's rewards.
+
+Decoders read the reward at each sequence's explicit reward position (its last token); encoders pool
+the sequence's first token through the backbone's pooler (``cls``) or average its tokens (``mean``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ray_rm.model.attention import ATTN_NAME, AttentionPlan, dense_block_mask
+from ray_rm.model.batch import ModelBatch
+
+
+@dataclass
+class RewardOutput:
+    rewards: torch.Tensor  # [N] float32, one per sequence of the row
+    token_values: torch.Tensor | None = None  # [T] float32 value-head output at every position
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Linear, *, kind: str, pooling: str, attn_implementation: str,
+                 attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model"):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.kind, self.pooling = kind, pooling
+        self.attn_implementation, self.attn_backend = attn_implementation, attn_backend
+        self.head_name, self.base_prefix = head_name, base_prefix  # where they live in the HF classifier
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def causal(self) -> bool:
+        return self.kind == "decoder"
+
+    def _backbone_forward(self, batch: ModelBatch, sp=None) -> torch.Tensor:
+        input_ids, position_ids = batch.input_ids, batch.position_ids
+        kwargs = {}
+        if self.attn_implementation == ATTN_NAME:
+            plan = AttentionPlan.build(batch.blocks, input_ids.shape[1], input_ids.device, causal=self.causal,
+                                       backend=self.attn_backend)
+            if sp is not None:
+                plan.sp = sp
+                input_ids, position_ids = sp.shard(input_ids), sp.shard(position_ids)
+            kwargs["ray_rm_plan"] = plan
+            mask = None
+        else:  # sdpa / eager: the dense block mask, the reference implementation
+            if sp is not None:
+                raise ValueError("sequence parallelism needs attn_implementation varlen/flash (ray_rm_varlen)")
+            mask = dense_block_mask(batch.blocks, input_ids.shape[1], self.causal).to(input_ids.device)
+        out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
+                            **kwargs)
+        return out.last_hidden_state[0]  # [T (local under SP), H]
+
+    def _pool(self, hidden: torch.Tensor, batch: ModelBatch, index: torch.Tensor) -> torch.Tensor:
+        if self.kind == "decoder" or self.pooling == "last":
+            return hidden[index]
+        if self.pooling == "cls":
+            cls_states = hidden[index]
+            pooler = getattr(self.backbone, "pooler", None)
+            return pooler(cls_states[:, None, :]) if pooler is not None else cls_states
+        # mean over each sequence's tokens
+        seg = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device), batch.seq_lens)
+        pos = torch.cat([torch.arange(s, s + n, device=hidden.device) for s, n in
+                         zip(batch.seq_start.tolist(), batch.seq_lens.tolist())])
+        sums = torch.zeros(batch.num_sequences, hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
+        sums.index_add_(0, seg, hidden[pos])
+        return sums / batch.seq_lens[:, None].to(hidden.dtype)
+
+    def _head(self, states: torch.Tensor) -> torch.Tensor:
+        return self.head(states.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def forward(self, batch: ModelBatch, token_values: bool = False, sp=None) -> RewardOutput:
+        hidden = self._backbone_forward(batch, sp)
+        index = batch.reward_index if self.kind == "decoder" or self.pooling == "last" else batch.seq_start
+        if sp is not None:
+            rewards = sp.gather_rewards(lambda local_idx: self._head(self._pool(hidden, batch, local_idx)), index)
+            values = sp.gather_tokens(self._head(hidden)) if token_values else None
+            return RewardOutput(rewards, values)
+        rewards = self._head(self._pool(hidden, batch, index))
+        return RewardOutput(rewards, self._head(hidden) if token_values else None)

@@ -1,0 +1,96 @@
+"""Score texts, chats or token ids with a reward model, padding-free: the engine behind serve, relabel, eval.
+
+Items are tokenized exactly like training data (``ray_rm.data.tokenize``, with the rules stored in
+the checkpoint's ``config.json``), packed with the training packer into token-budget rows, and run
+under ``torch.no_grad``. Responses of one prompt can be scored as a group so the prompt is computed
+once (prompt-shared packing, the same layout as training).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ray_rm.data.packer import pack_groups
+from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, common_prefix_len
+from ray_rm.model.batch import collate_row
+
+
+@dataclass
+class RewardStats:
+    mean: float = 0.0
+    std: float = 1.0
+
+    def normalize(self, r: float) -> float:
+        return (r - self.mean) / (self.std if self.std > 0 else 1.0)
+
+
+class RewardScorer:
+    """Loads a reward model checkpoint once and scores batches of items."""
+
+    def __init__(self, model_path: str, device: str = "cpu", pack_tokens: int = 8192, dtype: str = "auto",
+                 attn_implementation: str = "auto", share_prompt: bool = True):
+        from transformers import AutoTokenizer
+
+        from ray_rm.assets import resolve_model_path
+        from ray_rm.model.build import load_reward_model
+
+        path = resolve_model_path(model_path)
+        self.model_path = model_path
+        self.device = torch.device(device)
+        self.model = load_reward_model(path, self.device, dtype, attn_implementation)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        meta = getattr(self.model.config, "ray_rm", None) or {}
+        self.meta = meta
+        self.encoder = SequenceEncoder(self.tokenizer, chat_template=meta.get("chat_template", "auto"),
+                                       append_eos=meta.get("append_eos", True),
+                                       is_encoder=self.model.kind == "encoder")
+        self.stats = RewardStats(float(meta.get("reward_mean", 0.0)), float(meta.get("reward_std", 1.0)))
+        self.pack_tokens = pack_tokens
+        self.max_length = min(int(meta.get("max_length", pack_tokens)), pack_tokens)
+        self.share_prompt = share_prompt and self.model.kind == "decoder"
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.pad_token_id = self.tokenizer.pad_token_id or 0
+
+    # ------------------------------------------------------------------ tokenization
+    def encode(self, items: list[tuple]) -> list[list[int]]:
+        """Token ids for (prompt, response) items; content is text or a tuple of (role, content)."""
+        return self.encoder.encode(items)
+
+    def check_ids(self, seqs: list[list[int]]) -> None:
+        """Raise ValueError naming the first item that is empty, too long or has out-of-vocabulary ids."""
+        for i, s in enumerate(seqs):
+            if not s:
+                raise ValueError(f"item {i}: no tokens to score")
+            if len(s) > self.max_length:
+                raise ValueError(f"item {i}: {len(s)} tokens > the limit of {self.max_length}")
+            bad = next((t for t in s if not (isinstance(t, int) and 0 <= t < self.vocab_size)), None)
+            if bad is not None:
+                raise ValueError(f"item {i}: token id {bad!r} is outside the vocabulary [0, {self.vocab_size})")
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score_groups(self, groups: list[list[list[int]]]) -> list[list[float]]:
+        """Rewards for groups of sequences (e.g. the k responses of one prompt), in input order."""
+        tgroups = []
+        for gi, seqs in enumerate(groups):
+            self.check_ids(seqs)
+            tgroups.append(TokenizedGroup(str(gi), [list(s) for s in seqs], [0] * len(seqs),
+                                          common_prefix_len(seqs) if len(seqs) > 1 else 0,
+                                          math.nan, [math.nan] * len(seqs)))
+        out: list[list[float]] = [[] for _ in groups]
+        budget = max(self.pack_tokens, max((g.num_tokens(self.share_prompt) for g in tgroups), default=1))
+        for row in pack_groups(tgroups, budget, self.share_prompt, window=len(tgroups) or 1):
+            rewards = self.model(collate_row(row, pad_token_id=self.pad_token_id).to(self.device)).rewards.tolist()
+            k = 0
+            for gid, size in zip(row.group_ids, row.group_sizes):
+                out[int(gid)] = rewards[k:k + size]
+                k += size
+        return out
+
+    def score_ids(self, seqs: list[list[int]]) -> list[float]:
+        return [g[0] for g in self.score_groups([[s] for s in seqs])]
+
+    def score(self, items: list[tuple]) -> list[float]:
+        return self.score_ids(self.encode(items))
