@@ -24,7 +24,8 @@ def section(cls, help: str):
 class RayConfig:
     address: str = opt("auto-local", "Ray address: 'auto-local' joins a running cluster or starts a local one; "
                                      "'local' always starts one; anything else is passed to ray.init")
-    num_cpus: int = opt(0, "CPUs for a locally started Ray (0 = all of this machine's cores)")
+    num_cpus: int = opt(0, "logical CPUs of a locally started Ray (0 = max(4, cores), so data actors and "
+                           "workers fit on small machines)")
 
 
 @dataclass

