@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from typing import Callable, TypeVar
 
@@ -16,8 +17,21 @@ from ray_rm.errors import UserError
 
 T = TypeVar("T")
 
+# "section.key=value": how an override looks, so one swallowed by a multi-value option can be recovered.
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
 
 def parse_job_config(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "") -> T:
+    return parse_job_args(cls, argv, description, extra_help=extra_help)[0]
+
+
+def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "",
+                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+                   ) -> tuple[T, argparse.Namespace]:
+    """Like ``parse_job_config`` for jobs with options of their own (``add_arguments`` adds them).
+
+    A multi-value option (``nargs="+"``) swallows the overrides typed after it
+    (``--data a.jsonl data.limit=10``); values shaped like ``section.key=value`` move back to the overrides."""
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -27,7 +41,15 @@ def parse_job_config(cls: type[T], argv: list[str] | None, description: str, ext
     parser.add_argument("--config", help="YAML file with the settings below, grouped by section")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-5")
+    if add_arguments:
+        add_arguments(parser)
     args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        if name != "overrides" and isinstance(value, list):
+            stray = [v for v in value if isinstance(v, str) and _OVERRIDE.match(v)]
+            if stray:
+                setattr(args, name, [v for v in value if v not in stray])
+                args.overrides = stray + list(args.overrides)
     try:
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
@@ -35,7 +57,7 @@ def parse_job_config(cls: type[T], argv: list[str] | None, description: str, ext
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
-    return cfg
+    return cfg, args
 
 
 def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:

@@ -51,7 +51,6 @@ class ModelConfig:
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     head_init_std: float = opt(0.0, "value head init std; 0 = 1/sqrt(hidden+1)")
     keep_dropout: bool = opt(False, "keep the backbone's dropout (off by default: dropout hurts RM training)")
-    lora: LoraConfig = section(LoraConfig, "LoRA / QLoRA")
 
 
 @dataclass
@@ -115,6 +114,7 @@ class TrainConfig:
     tensorboard: bool = opt(True, "write TensorBoard logs to output_dir/tensorboard")
     shuffle_window_rows: int = opt(1024, "packed rows reshuffled together from the second epoch on")
     record_pair_ids: bool = opt(False, "write the pair ids each worker consumed to output_dir/consumed/")
+    lora: LoraConfig = section(LoraConfig, "LoRA / QLoRA (the value head is always fully trained)")
 
 
 @dataclass

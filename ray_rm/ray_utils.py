@@ -11,6 +11,23 @@ log = logging.getLogger(__name__)
 _WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 
 
+def quiet_ray_logs() -> None:
+    """Ray Data's per-operator progress logs drown the job's own lines; ray_rm prints its own summaries."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray.train", "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def init_ray(cfg: RayConfig):
     """Return the initialized ``ray`` module.
 
@@ -19,6 +36,7 @@ def init_ray(cfg: RayConfig):
     """
     import ray
 
+    quiet_ray_logs()
     if ray.is_initialized():
         return ray
     for k, v in _WORKER_ENV.items():
@@ -43,6 +61,6 @@ def init_ray(cfg: RayConfig):
 
 def _start_local(ray, cfg: RayConfig, kwargs: dict):
     num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    ray.init(num_cpus=num_cpus, **kwargs)
     log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
     return ray

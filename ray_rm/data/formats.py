@@ -109,24 +109,34 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
+def _valid_unicode(where: _Row, field: str, value: str) -> str:
+    """JSON escapes can smuggle in lone UTF-16 surrogates; tokenizers reject them with a bare TypeError."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise where.error(field, f"is not valid Unicode (unpaired surrogate {value[exc.start]!r} "
+                                 f"at character {exc.start})") from None
+    return value
+
+
 def _text(where: _Row, field: str, value: Any, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise where.error(field, f"expected a string, got {_describe(value)}")
     if not allow_empty and not value.strip():
         raise where.error(field, "is empty or whitespace only")
-    return value
+    return _valid_unicode(where, field, value)
 
 
 def _message_content(where: _Row, field: str, content: Any) -> str:
     if isinstance(content, str):
-        return content
+        return _valid_unicode(where, field, content)
     if isinstance(content, list):  # OpenAI-style content parts: keep the text parts
         parts = []
         for part in content:
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
                 raise where.error(field, f"content parts must be {{'type': 'text', 'text': str}}, got {_describe(part)}")
             parts.append(part["text"])
-        return "".join(parts)
+        return _valid_unicode(where, field, "".join(parts))
     raise where.error(field, f"message content must be a string, got {_describe(content)}")
 
 
@@ -190,6 +200,8 @@ def _split_message_prompt(responses: list[tuple]) -> int:
 def _check_response_turns(where: _Row, field: str, response: tuple) -> None:
     if response[-1][0] != "assistant":
         raise where.error(field, f"the last message must be from the assistant, got role '{response[-1][0]}'")
+    if not response[-1][1].strip():
+        raise where.error(field, "the last assistant message is empty or whitespace only")
 
 
 def _ranked_order(where: _Row, raw: dict, k: int) -> tuple[list[int], list[int], list[float] | None]:
@@ -227,6 +239,9 @@ def normalize_row(raw: Any, source: str, row: int) -> PreferenceExample:
     where = _Row(source, row)
     if not isinstance(raw, dict):
         raise where.error("", f"expected a JSON object, got {_describe(raw)}")
+    # Columnar sources (Parquet, saved datasets) give every row every column, null where a row has no
+    # value; a null field means "absent", exactly as in a JSON row that omits the key.
+    raw = {k: v for k, v in raw.items() if v is not None}
     example_id = f"{source}:{row}"
     subset = raw.get("subset")
     if subset is not None and not isinstance(subset, str):
@@ -276,8 +291,10 @@ def _prompt(where: _Row, raw: dict, responses: list) -> Content:
                       else _messages(where, "prompt", explicit))
         elif isinstance(explicit, str):
             prompt = _text(where, "prompt", explicit, allow_empty=True)
-        else:
+        elif isinstance(explicit, list):
             raise where.error("prompt", "a message-list prompt needs message-list responses")
+        else:
+            raise where.error("prompt", f"expected a string or a list of messages, got {_describe(explicit)}")
     elif chat:
         cut = _split_message_prompt(responses)
         prompt = responses[0][:cut]
@@ -292,3 +309,46 @@ def _prompt(where: _Row, raw: dict, responses: list) -> Content:
         for name, r in zip(names, responses):
             _check_response_turns(where, name, r)
     return prompt
+
+
+def normalize_candidates(raw: Any, source: str, row: int, min_responses: int = 2) -> PreferenceExample:
+    """An unranked ``{"prompt"?, "responses": [k]}`` row of candidates to be scored (relabeling, best-of-n).
+
+    Responses keep their input order and are all tied (``ranks`` all 0) until a reward model ranks them;
+    any ``ranking``/``scores`` in the row is ignored. Without a ``prompt`` the responses' common prefix
+    is the prompt (as for pairs); a single response then needs an explicit prompt.
+    """
+    where = _Row(source, row)
+    if not isinstance(raw, dict):
+        raise where.error("", f"expected a JSON object, got {_describe(raw)}")
+    # Columnar sources (Parquet, saved datasets) give every row every column, null where a row has no
+    # value; a null field means "absent", exactly as in a JSON row that omits the key.
+    raw = {k: v for k, v in raw.items() if v is not None}
+    subset = raw.get("subset")
+    if subset is not None and not isinstance(subset, str):
+        raise where.error("subset", f"expected a string, got {_describe(subset)}")
+    if "responses" not in raw:
+        raise where.error("responses", "missing; a candidates row is {'prompt', 'responses': [...]}")
+    responses_raw = raw["responses"]
+    if not isinstance(responses_raw, list) or len(responses_raw) < max(1, min_responses):
+        raise where.error("responses", f"expected a list of at least {max(1, min_responses)} responses, "
+                                       f"got {_describe(responses_raw)}")
+    responses = [_content(where, f"responses[{i}]", r) for i, r in enumerate(responses_raw)]
+    if len(responses) == 1 and raw.get("prompt") is None:
+        if isinstance(responses[0], tuple):  # a conversation: everything before the last turn is the prompt
+            prompt, responses = responses[0][:-1], [responses[0][-1:]]
+            _check_response_turns(where, "responses[0]", responses[0])
+        else:
+            raise where.error("prompt", "missing; a single text response needs an explicit 'prompt'")
+    else:
+        prompt = _prompt(where, raw, responses)
+    return PreferenceExample(f"{source}:{row}", prompt, tuple(responses), (0,) * len(responses), subset=subset)
+
+
+def parse_messages(value: Any, field: str = "messages") -> tuple:
+    """Validate ``[{"role", "content"}, ...]`` from outside a data file (e.g. a scoring request).
+
+    Same rules as rows (known roles, text or text-part content, valid Unicode); returns (role, content)
+    tuples or raises ``DataError`` naming ``field``.
+    """
+    return _messages(_Row("", None), field, value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from ray_rm.data.packer import PackedRow, pack_groups
 from ray_rm.data.prepare import check_pack_budget, process_task
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
+from ray_rm.errors import DataError
 
 _INT_LISTS = ("input_ids", "position_ids", "seq_lens", "seq_full_lens", "reward_index", "seq_group", "seq_ranks",
               "group_sizes", "group_prefix_lens", "group_common_lens")
@@ -137,6 +139,21 @@ def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSet
     return rows, report
 
 
+_DATA_ERROR_LINE = re.compile(r"^ray_rm\.errors\.DataError: (.+)$", re.M)
+
+
+def data_error_from(exc: BaseException) -> DataError | None:
+    """The ``DataError`` (strict mode) behind a Ray Data failure, or None.
+
+    Ray Data wraps a UDF's exception in ``UserCodeException`` and ships only its traceback text to
+    the driver, so the original object is lost; its one-line message is recovered from that text so
+    that jobs report "file, row N, field 'x': ..." instead of a cluster traceback."""
+    if isinstance(exc, DataError):
+        return exc
+    found = _DATA_ERROR_LINE.findall(str(exc))
+    return DataError(found[-1]) if found else None
+
+
 @dataclass
 class PreparedData:
     """A materialized packed dataset with its exact counts, ready for ``get_dataset_shard``."""
@@ -150,12 +167,20 @@ class PreparedData:
 
 def materialize(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> PreparedData:
     """Run the pipeline once on the cluster; the driver learns the drop report and exact sizes."""
-    ds = packed_dataset(files, data_cfg, settings).materialize()
-    reports = ds.filter(lambda r: r["kind"] == "report").select_columns(["report_json"]).take_all()
+    from ray.exceptions import RayError
+
+    try:
+        ds = packed_dataset(files, data_cfg, settings).materialize()
+    except RayError as exc:
+        user_error = data_error_from(exc)
+        if user_error is None:
+            raise
+        raise user_error from None
+    reports = ds.filter(expr="kind == 'report'").select_columns(["report_json"]).take_all()
     report = DropReport()
     for r in reports:
         report.merge(DropReport.from_dict(json.loads(r["report_json"])))
-    packed = ds.filter(lambda r: r["kind"] == "packed").materialize()
+    packed = ds.filter(expr="kind == 'packed'").materialize()
     sizes = packed.select_columns(["group_sizes", "seq_lens", "group_prefix_lens"]).take_all()
     num_tokens = sum(sum(r["seq_lens"]) + sum(r["group_prefix_lens"]) for r in sizes)
     return PreparedData(packed, report, len(sizes), sum(len(r["group_sizes"]) for r in sizes), num_tokens)

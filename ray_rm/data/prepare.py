@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+from ray_rm.config import ConfigError
 from ray_rm.config_schema import DataConfig
 from ray_rm.data.formats import normalize_row
 from ray_rm.data.quality import DropReport, quality_drop
@@ -15,7 +16,22 @@ from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examp
 from ray_rm.errors import DataError
 
 
+# Settings whose value is one of a few words: a typo must not silently select the other branch.
+CHOICES = {"on_error": ("drop", "raise"), "overlength": ("drop", "truncate_left"),
+           "chat_template": ("auto", "always", "never")}
+
+
+def check_choices(cfg: DataConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key 'data.{key}' must be one of {' | '.join(allowed)}, got {value!r}")
+
+
 def check_pack_budget(cfg: DataConfig) -> None:
+    check_choices(cfg)
+    if cfg.max_length < 1:
+        raise ConfigError(f"config key 'data.max_length' must be positive, got {cfg.max_length}")
     if cfg.pack_tokens < 2 * cfg.max_length:
         raise DataError(f"data.pack_tokens ({cfg.pack_tokens}) must be at least 2 x data.max_length "
                         f"({cfg.max_length}) so that any pair fits in one packed row")
@@ -23,6 +39,7 @@ def check_pack_budget(cfg: DataConfig) -> None:
 
 def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
                  seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
+    check_choices(cfg)
     report = DropReport()
     examples = []
     for rowno, raw in read_task_rows(task):

@@ -7,6 +7,7 @@ line numbers for JSON Lines and 1-based row indices otherwise, so error messages
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -86,18 +87,36 @@ def _file_kind(path: Path) -> tuple[str, str]:
     if name.endswith(PARQUET_SUFFIXES):
         return str(path), "parquet"
     if name.endswith(".json"):
-        with open(path, "rb") as fh:
-            head = fh.read(4096).lstrip()
-        return str(path), ("json_array" if head.startswith(b"[") else "jsonl")
+        return str(path), ("jsonl" if _first_line_is_object(path) else "json_array")
     if name.endswith(JSON_SUFFIXES):
         return str(path), "jsonl"
     raise DataError(f"'{path}': unsupported file type (use .jsonl, .json or .parquet)")
 
 
-def _jsonl_line_offsets(path: str, every: int, limit: int) -> tuple[list[int], int]:
-    """Byte offsets of lines 0, every, 2*every, ... and the number of lines (capped at limit)."""
-    offsets, n, pos = [], 0, 0
+def _first_line_is_object(path: Path) -> bool:
+    """A .json file is JSON Lines when its first non-blank line is a whole JSON object on its own;
+    anything else (an array, a pretty-printed object) is parsed as one JSON document."""
     with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    return isinstance(json.loads(line.decode("utf-8-sig")), dict)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                    return False
+    return True  # empty: no rows either way
+
+
+def _open_binary(path: str):
+    """JSON Lines files may be gzip-compressed (.jsonl.gz); gzip streams support the seeks read tasks use."""
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _jsonl_line_offsets(path: str, every: int, limit: int) -> tuple[list[int], int]:
+    """Byte offsets of lines 0, every, 2*every, ... and the number of lines (capped at limit).
+
+    A file with no non-blank line yields no offsets, so an empty or blank file plans no read task."""
+    offsets, n, pos, nonblank = [], 0, 0, 0
+    with _open_binary(path) as fh:
         for line in fh:
             if limit and n >= limit:
                 break
@@ -105,13 +124,13 @@ def _jsonl_line_offsets(path: str, every: int, limit: int) -> tuple[list[int], i
                 offsets.append(pos)
             pos += len(line)
             n += 1
-    return offsets, n
+            nonblank += bool(line.strip())
+    return (offsets, n) if nonblank else ([], 0)
 
 
 def _count_rows(source: str, kind: str, builtin_size: int) -> int:
     if kind == "parquet":
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(source).metadata.num_rows
+        return _parquet_file(source).metadata.num_rows
     if kind == "json_array":
         return len(_load_json_array(source))
     if kind in ("hf_disk", "hf_hub"):
@@ -157,11 +176,24 @@ def _load_json_array(path: str) -> list:
     return data
 
 
+def _parquet_file(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"not a readable Parquet file ({exc})", path) from None
+
+
 def _load_hf(source: str, kind: str):
     import datasets
 
     if kind == "hf_disk":
-        ds = datasets.load_from_disk(source)
+        try:
+            ds = datasets.load_from_disk(source)
+        except Exception as exc:  # noqa: BLE001 - corrupt folders fail in many ways; name the folder
+            raise DataError(f"could not load the saved dataset ({type(exc).__name__}: {exc})", source) from None
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
                 raise DataError(f"saved DatasetDict has splits {list(ds)}; point at one split's folder", source)
@@ -200,14 +232,14 @@ def read_task_rows(task: ReadTask) -> Iterator[tuple[int, object]]:
 
 
 def _read_jsonl(task: ReadTask) -> Iterator[tuple[int, object]]:
-    with open(task.source, "rb") as fh:
+    with _open_binary(task.source) as fh:
         fh.seek(task.byte_start)
         for lineno in range(task.start + 1, task.stop + 1):
             raw = fh.readline()
             if not raw.strip():
                 continue  # blank lines are not rows
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # editors may write a BOM
             except UnicodeDecodeError as exc:
                 yield lineno, DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start} of the line)",
                                         task.source, lineno)
@@ -219,9 +251,7 @@ def _read_jsonl(task: ReadTask) -> Iterator[tuple[int, object]]:
 
 
 def _read_parquet(task: ReadTask) -> Iterator[tuple[int, object]]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(task.source)
+    pf = _parquet_file(task.source)
     first = 0
     for g in range(pf.num_row_groups):
         n = pf.metadata.row_group(g).num_rows

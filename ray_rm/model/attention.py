@@ -179,10 +179,12 @@ def block_attention(plan: AttentionPlan, q, k, v, scaling):
 
 def ray_rm_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The function transformers calls per layer; returns ``[1, T, H, D]`` like its own backends."""
-    plan: AttentionPlan | None = kwargs.get("ray_rm_plan")
-    if plan is None:
-        raise RuntimeError(f"attn_implementation '{ATTN_NAME}' needs a packed-row plan: call the model through "
-                           "ray_rm.model.RewardModel")
+    plan: AttentionPlan | None = kwargs.pop("ray_rm_plan", None)
+    if plan is None:  # called outside ray_rm (plain, unpacked input): behave exactly like transformers' SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if plan.sp is not None:

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ray_rm.assets import resolve_model_path
-from ray_rm.config_schema import ModelConfig
+from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.errors import UserError
 from ray_rm.model import attention
 from ray_rm.model.reward_model import RewardModel
@@ -80,8 +80,10 @@ def _pooling(kind: str, requested: str) -> str:
     return requested
 
 
-def build_reward_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int = 0) -> RewardModel:
+def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device: torch.device | str = "cpu",
+                       seed: int = 0) -> RewardModel:
     """A trainable reward model from a base LM (or an existing RM checkpoint to continue training)."""
+    lora = lora or LoraConfig()
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     device = torch.device(device)
@@ -96,7 +98,7 @@ def build_reward_model(cfg: ModelConfig, device: torch.device | str = "cpu", see
     if not cfg.keep_dropout:
         _disable_dropout(hf_config)
     kwargs = {"config": hf_config, "dtype": dtype, "attn_implementation": attn_impl}
-    if cfg.lora.quantize_4bit:
+    if lora.quantize_4bit:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     model = _split(clf, kind, pooling, attn_impl, backend)
@@ -110,18 +112,18 @@ def build_reward_model(cfg: ModelConfig, device: torch.device | str = "cpu", see
     head.float()  # the head trains in fp32 even when the backbone is bf16
     if cfg.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora.r > 0:
-        model.backbone = _wrap_lora(model.backbone, cfg, kind)
-    elif cfg.lora.quantize_4bit:
-        raise UserError("model.lora.quantize_4bit (QLoRA) needs model.lora.r > 0: a 4-bit backbone cannot be "
+    if lora.r > 0:
+        model.backbone = _wrap_lora(model.backbone, lora, cfg.gradient_checkpointing)
+    elif lora.quantize_4bit:
+        raise UserError("train.lora.quantize_4bit (QLoRA) needs train.lora.r > 0: a 4-bit backbone cannot be "
                         "fully fine-tuned")
-    return model.to(device) if not cfg.lora.quantize_4bit else model
+    return model.to(device) if not lora.quantize_4bit else model
 
 
 def _qlora_config(device: torch.device, dtype: torch.dtype):
     if device.type != "cuda":
-        raise UserError("QLoRA (model.lora.quantize_4bit=true) needs a CUDA GPU: bitsandbytes 4-bit kernels do "
-                        "not run on CPU. Use LoRA without quantization (model.lora.r>0) on CPU.")
+        raise UserError("QLoRA (train.lora.quantize_4bit=true) needs a CUDA GPU: bitsandbytes 4-bit kernels do "
+                        "not run on CPU. Use LoRA without quantization (train.lora.r>0) on CPU.")
     try:
         from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
@@ -131,17 +133,17 @@ def _qlora_config(device: torch.device, dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
 
 
-def _wrap_lora(backbone, cfg: ModelConfig, kind: str):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def _wrap_lora(backbone, lora: LoraConfig, gradient_checkpointing: bool):
+    import peft
 
-    if cfg.lora.quantize_4bit:
-        backbone = prepare_model_for_kbit_training(
-            backbone, use_gradient_checkpointing=cfg.gradient_checkpointing,
+    if lora.quantize_4bit:
+        backbone = peft.prepare_model_for_kbit_training(
+            backbone, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = cfg.lora.target_modules
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=targets[0] if targets == ["all-linear"] else targets, bias="none")
-    return get_peft_model(backbone, lora)
+    targets = lora.target_modules
+    peft_cfg = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=targets[0] if targets == ["all-linear"] else targets, bias="none")
+    return peft.get_peft_model(backbone, peft_cfg)
 
 
 def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str = "auto",

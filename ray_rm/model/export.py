@@ -41,6 +41,11 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     """Write the checkpoint + tokenizer to ``out_dir``; ``meta`` lands in config.json under ``ray_rm``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if model.kind == "encoder" and model.pooling == "mean":
+        from ray_rm.errors import UserError
+
+        raise UserError("model.pooling=mean cannot be expressed as AutoModelForSequenceClassification (it pools "
+                        "the first token); train encoders with pooling=cls to export a standard checkpoint")
     out_dir = Path(out_dir)
     backbone = merged_backbone(model)
     config = backbone.config

@@ -1,0 +1,35 @@
+"""Evaluate a reward model on preference data or k-way rankings, on Ray Data.
+
+  python jobs/eval_rm.py eval.model_path=outputs/demo/hf data.eval_files=test.jsonl output_dir=outputs/eval
+  ray job submit --working-dir . -- python jobs/eval_rm.py --config eval.yaml
+
+Writes output_dir/report.json (top-level ``accuracy``; ties count as wrong), report.html with the
+plots, the PNGs and scores.parquet. Rows with a ``subset`` field get a RewardBench-style section table.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ray_rm.cli import parse_job_config, run_job  # noqa: E402
+from ray_rm.eval.config import EvalJobConfig  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_job_config(EvalJobConfig, argv, __doc__)
+    from ray_rm.eval.runner import run_eval
+
+    report = run_eval(cfg)
+    m = report["metrics"]
+    keys = ("num_examples", "num_pairs", "accuracy", "mean_margin", "ece", "temperature", "ece_temperature_scaled")
+    print(json.dumps({**{k: m[k] for k in keys}, "ranking": m["ranking"],
+                      "rewardbench": (m["rewardbench"] or {}).get("sections"),
+                      "report": str(Path(cfg.output_dir) / "report.html")}, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    run_job(main)

@@ -1,0 +1,135 @@
+"""Driver of the eval job: score preference rows on a Ray Data actor pool, then compute and report metrics.
+
+Actors return one small row per read task (every example's rewards, gold ranks, token lengths and the
+task's drop report); the driver gathers them, so metrics need no second pass over the data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ray_rm.data.formats import normalize_row
+from ray_rm.data.quality import DropReport
+from ray_rm.data.sources import ReadTask, plan_read_tasks, read_task_rows
+from ray_rm.errors import DataError, UserError
+from ray_rm.eval.config import EvalConfig, EvalJobConfig
+from ray_rm.eval.metrics import ScoredExample, compute_metrics
+from ray_rm.eval.report import write_report
+from ray_rm.relabel.score import Scored, make_scorer, score_examples
+from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
+
+log = logging.getLogger(__name__)
+
+
+def score_task(task: ReadTask, scorer, on_error: str) -> tuple[list[ScoredExample], DropReport]:
+    """Read, normalize and score one task's rows; malformed and unusable rows are counted, not scored."""
+    report, examples = DropReport(), []
+    for rowno, raw in read_task_rows(task):
+        report.rows_read += 1
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            ex = normalize_row(raw, task.source, rowno)
+        except DataError as exc:
+            if on_error == "raise":
+                raise
+            report.drop(f"invalid:{exc.field.split('[')[0] or 'row'}", str(exc))
+            continue
+        if len(set(ex.ranks)) == 1:
+            report.drop("no_preference", f"{ex.example_id}: all {len(ex.ranks)} responses are tied")
+            continue
+        examples.append(ex)
+    out = []
+    for ex, s in zip(examples, score_examples(scorer, examples)):
+        if isinstance(s, Scored):
+            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset))
+        else:
+            report.drop(*s)
+    report.rows_kept = len(out)
+    return out, report
+
+
+class EvalActor:
+    """Ray Data actor: one model replica; scores one read task per call."""
+
+    def __init__(self, cfg: EvalConfig, on_error: str, gpus: float):
+        self.on_error = on_error
+        self.scorer = make_scorer(cfg.model_path, gpus, cfg.cpus_per_actor, cfg.pack_tokens, cfg.dtype,
+                                  cfg.attn_implementation)
+
+    def __call__(self, batch: dict) -> dict:
+        results, errors = [], []
+        for task_json in batch["task"]:
+            try:
+                examples, report = score_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error)
+                results.append(json.dumps({"examples": [vars(e) for e in examples], "report": report.to_dict()}))
+                errors.append("")
+            except DataError as exc:
+                results.append("")
+                errors.append(str(exc))
+        return {"task_index": batch["task_index"], "result": results, "error": errors}
+
+
+def score_dataset(job: EvalJobConfig) -> tuple[list[ScoredExample], DropReport]:
+    """Scored examples in input order, and the drop report, for ``data.eval_files``."""
+    from ray_rm.ray_utils import init_ray
+
+    cfg, data = job.eval, job.data
+    tasks = plan_read_tasks(data.eval_files, data.rows_per_read_task, data.limit, max(1, data.builtin_size // 4))
+    init_ray(job.ray)
+    gpus = resolve_gpus(cfg.gpus_per_actor)
+    items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
+    progress = Progress(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
+    by_task: dict[int, list] = {}
+    report = DropReport()
+    ctor = {"cfg": cfg, "on_error": data.on_error, "gpus": gpus}
+    for row in map_tasks(items, EvalActor, ctor, actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor,
+                         gpus_per_actor=gpus):
+        if row["error"]:
+            raise DataError(row["error"])
+        result = json.loads(row["result"])
+        i = int(row["task_index"])
+        by_task[i] = [ScoredExample(**e) for e in result["examples"]]
+        report.merge(DropReport.from_dict(result["report"]))
+        progress.update(tasks[i].stop - tasks[i].start)
+    progress.close()
+    return [ex for i in sorted(by_task) for ex in by_task[i]], report
+
+
+def write_scores(path: Path, examples: list[ScoredExample]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([vars(e) for e in examples]), path)
+
+
+def run_eval(job: EvalJobConfig) -> dict:
+    """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
+    cfg = job.eval
+    if not cfg.model_path:
+        raise UserError("eval.model_path is required (an exported ray_rm checkpoint or HF RM folder)")
+    if cfg.num_bins < 1 or cfg.length_buckets < 1:
+        raise UserError("eval.num_bins and eval.length_buckets must be positive")
+    if job.data.on_error not in ("drop", "raise"):
+        raise UserError(f"data.on_error must be drop or raise, got '{job.data.on_error}'")
+    start = time.perf_counter()
+    examples, drops = score_dataset(job)
+    if not examples:
+        raise UserError(f"no evaluable rows in {', '.join(job.data.eval_files)}:\n{drops.format()}")
+    scored_s = time.perf_counter() - start
+    metrics = compute_metrics(examples, cfg.num_bins, cfg.length_buckets)
+    out_dir = Path(job.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.write_scores:
+        write_scores(out_dir / "scores.parquet", examples)
+    report = {"model_path": cfg.model_path, "data_files": list(job.data.eval_files),
+              "accuracy": metrics["accuracy"], "metrics": metrics, "drops": drops.to_dict(),
+              "scoring_seconds": round(scored_s, 3)}
+    chosen = np.asarray([e.rewards[0] for e in examples])
+    rejected = np.asarray([e.rewards[-1] for e in examples])
+    write_report(out_dir, report, chosen, rejected)
+    return json.loads((out_dir / "report.json").read_text())

@@ -1,0 +1,47 @@
+"""Settings of the relabel job (``jobs/relabel_dpo.py``): the ``relabel`` section and the job root."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray_rm.config_schema import RayConfig, opt, section
+
+MODES = ("pairs-from-candidates", "rejudge", "best-of-n")
+PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "all_pairs")
+DISAGREE_POLICIES = ("keep", "swap", "drop")
+
+
+@dataclass
+class RelabelConfig:
+    model_path: str = opt("", "reward model: an exported ray_rm checkpoint or any HF sequence-classification RM")
+    mode: str = opt("pairs-from-candidates", "pairs-from-candidates ({prompt, responses} -> DPO pairs) | rejudge "
+                                             "({prompt?, chosen, rejected} -> scores + agree) | best-of-n")
+    input_files: list = opt([], "input rows: JSONL / JSON / Parquet files, folders, save_to_disk folders, hf://")
+    pair_strategy: str = opt("best_vs_worst", "pairs-from-candidates: best_vs_worst | best_vs_random | all_pairs "
+                                              "(every ordered pair whose margin >= min_margin)")
+    min_margin: float = opt(0.0, "pairs whose score margin is below this are dropped and counted (ties always are, "
+                                 "except rejudge with disagree=keep)")
+    disagree: str = opt("keep", "rejudge: pairs the RM disagrees with: keep (agree=false) | swap | drop")
+    normalize: bool = opt(False, "write (reward - reward_mean) / reward_std from the checkpoint instead of raw "
+                                 "rewards; min_margin is in the written units")
+    seed: int = opt(0, "seed of best_vs_random (the pick depends only on seed and row id, so reruns agree)")
+    on_error: str = opt("drop", "malformed rows: drop (counted in summary.json) | raise (stop with file/row/field)")
+    write_jsonl: bool = opt(False, "also write each part as JSON Lines beside the Parquet file")
+    overwrite: bool = opt(False, "start over in a non-empty output_dir instead of resuming it")
+    rows_per_task: int = opt(256, "input rows per task: the unit of scheduling, output files and resume")
+    limit: int = opt(0, "use only the first N rows of each source (0 = all)")
+    pack_tokens: int = opt(8192, "token budget of one packed forward pass")
+    actors: int = opt(1, "scoring actors (model replicas) in the Ray Data actor pool")
+    cpus_per_actor: float = opt(1.0, "CPUs reserved per actor; torch uses this many threads (at least 1)")
+    gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
+    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    attn_implementation: str = opt("auto", "auto | varlen | flash_attention_2 | sdpa | eager")
+    progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
+    debug_kill_after_tasks: int = opt(0, "testing only: SIGKILL the driver after N tasks finish in this run, "
+                                         "to exercise resume after a crash (0 = off)")
+
+
+@dataclass
+class RelabelJobConfig:
+    output_dir: str = opt("outputs/relabel", "where data/part-*.parquet, summary.json and resume state go")
+    relabel: RelabelConfig = section(RelabelConfig, "reward model, mode and selection rules")
+    ray: RayConfig = section(RayConfig, "Ray cluster connection")

@@ -1,0 +1,59 @@
+"""Score parsed examples with a ``RewardScorer``: tokenize, drop over-length ones, score each prompt's group.
+
+Shared by relabeling and evaluation so both read rewards exactly like serving does (the checkpoint's
+tokenization rules, prompt-shared packing, one forward per packed row).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray_rm.data.formats import PreferenceExample
+
+
+@dataclass
+class Scored:
+    scores: list  # one reward per response, in the example's response order
+    lengths: list  # tokens of each full sequence (prompt + response)
+
+
+def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dtype: str, attn_implementation: str):
+    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads."""
+    import torch
+
+    from ray_rm.scoring import RewardScorer
+
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(cpus)))
+    return RewardScorer(model_path, device=device, pack_tokens=pack_tokens, dtype=dtype,
+                        attn_implementation=attn_implementation)
+
+
+def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = False) -> list:
+    """A ``Scored`` per example, or a (reason, message) drop when a sequence exceeds the model's limit."""
+    items = [(ex.prompt, r) for ex in examples for r in ex.responses]
+    ids = scorer.encode(items) if items else []
+    out: list = []
+    groups, owners = [], []
+    k = 0
+    for ex in examples:
+        seqs = ids[k:k + len(ex.responses)]
+        k += len(ex.responses)
+        longest = max(len(s) for s in seqs)
+        if longest > scorer.max_length:
+            out.append(("over_length", f"{ex.example_id}: a sequence has {longest} tokens > the scoring limit "
+                                       f"{scorer.max_length} (checkpoint max_length / pack_tokens)"))
+            continue
+        owners.append(len(out))
+        out.append(None)
+        groups.append(seqs)
+    for i, (g, rewards) in enumerate(zip(groups, scorer.score_groups(groups) if groups else [])):
+        if normalize:
+            rewards = [scorer.stats.normalize(r) for r in rewards]
+        out[owners[i]] = Scored([float(r) for r in rewards], [len(s) for s in g])
+    return out
+
+
+def group_tokens(scored: list) -> int:
+    """Tokens in the scored sequences (without prompt sharing): a throughput numerator."""
+    return sum(sum(s.lengths) for s in scored if isinstance(s, Scored))

@@ -1,0 +1,118 @@
+"""DeepSpeed checkpoints through Ray Train, the resumable train state, and the final HF export.
+
+Every rank writes its ZeRO shards into a local folder and reports it with the same
+``checkpoint_dir_name``; Ray Train merges the folders in storage. Rank 0 adds ``train_state.json``
+(step, epoch, best eval loss, counters), so a re-run with the same run name continues at the exact
+next row. Parameters are checked for NaN/inf before any save: a corrupted model is never checkpointed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+STATE_FILE = "train_state.json"
+TAG = "ds"
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_eval_loss: float = float("inf")
+    evals_without_improvement: int = 0
+    skipped_micro_batches: int = 0
+    pairs_seen: int = 0
+    tokens_seen: int = 0
+    done: bool = False
+    last_eval: dict = field(default_factory=dict)
+    last_train: dict = field(default_factory=dict)
+
+
+def params_finite(engine) -> bool:
+    local = all(bool(torch.isfinite(p.data).all()) for p in engine.module.parameters() if p.data.numel())
+    flag = torch.tensor([1.0 if local else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def save(engine, state: TrainState, metrics: dict, exclude_frozen: bool, extra_files: dict | None = None) -> None:
+    """Checkpoint all ranks' DeepSpeed state + train state, reported to Ray Train (a barrier)."""
+    import ray.train
+
+    if not params_finite(engine):
+        raise RuntimeError("model parameters contain NaN/inf; refusing to write a corrupted checkpoint")
+    with tempfile.TemporaryDirectory(prefix="ray_rm_ckpt_") as tmp:
+        engine.save_checkpoint(tmp, tag=TAG, exclude_frozen_parameters=exclude_frozen)
+        if dist.get_rank() == 0:
+            Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
+            for rel, write in (extra_files or {}).items():
+                write(Path(tmp) / rel)
+        name = "final" if state.done else f"step_{state.global_step:07d}"
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+
+def restore(engine, exclude_frozen: bool) -> TrainState | None:
+    """Load the latest Ray Train checkpoint into the engine; None when starting fresh."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as path:
+        engine.load_checkpoint(path, tag=TAG, load_module_strict=not exclude_frozen,
+                               load_optimizer_states=True, load_lr_scheduler_states=True)
+        raw = json.loads(Path(path, STATE_FILE).read_text())
+    return TrainState(**raw)
+
+
+def gathered_state_dict(engine, trainable_only: bool) -> dict | None:
+    """The model's (trainable) weights on rank 0, ZeRO-3 partitions gathered; None on other ranks.
+
+    With LoRA/QLoRA only adapters and head are taken: the frozen base is the pretrained one, reloaded
+    in full precision at export (so QLoRA adapters merge into an unquantized backbone).
+    """
+    import deepspeed
+
+    module = engine.module
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad or not trainable_only]
+    zero3 = engine.zero_optimization_stage() == 3
+    ctx = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None) if zero3 else _nullcontext()
+    with ctx:
+        if dist.get_rank() != 0:
+            return None
+        if trainable_only:
+            return {n: p.detach().to("cpu", copy=True) for n, p in named}
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def export_final(state_dict: dict, model_cfg, lora_cfg, tokenizer_path: str, out_dir: str, meta: dict) -> str:
+    """Rank 0: rebuild the model on CPU from its config, load the trained weights, export HF."""
+    from dataclasses import replace as _replace
+
+    from ray_rm.model.build import build_reward_model
+    from ray_rm.model.export import export_hf
+
+    cpu_cfg = _replace(model_cfg, dtype="float32", gradient_checkpointing=False)
+    model = build_reward_model(cpu_cfg, _replace(lora_cfg, quantize_4bit=False), device="cpu")
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise RuntimeError(f"export: trained weights do not match the model (missing "
+                           f"{sorted(trainable & set(missing))[:5]}, unexpected {unexpected[:5]})")
+    os.makedirs(out_dir, exist_ok=True)
+    return str(export_hf(model, tokenizer_path, out_dir, meta))

@@ -1,0 +1,105 @@
+"""Which packed row each worker trains on, decided by arithmetic instead of by who asks first.
+
+Every worker reads the same materialized dataset (``DataConfig(datasets_to_split=[])``) and keeps
+the rows of its data-parallel rank. Position k of an epoch goes to
+    step = k // (dp * gas),  micro-batch = (k // dp) % gas,  dp rank = k % dp,
+so the assignment is identical on every run with the same seed: a resumed or restarted run continues
+at exactly the next row, and the S ranks of a sequence-parallel group get the same rows. Epoch 0
+keeps the pipeline's (seeded) order; later epochs reshuffle within windows of rows, which bounds the
+memory a worker buffers. Positions past the end of the data become empty (dummy) micro-batches so
+every rank runs the same number of steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ray_rm.data.packer import PackedRow
+
+
+@dataclass(frozen=True)
+class RowSchedule:
+    num_rows: int
+    dp_size: int
+    micro_steps: int  # gradient accumulation
+    seed: int = 0
+    shuffle_window: int = 1024
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.dp_size * self.micro_steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.num_rows / self.rows_per_step))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """order[k] = dataset index trained at epoch position k."""
+        order = np.arange(self.num_rows)
+        if epoch == 0:
+            return order
+        for w, start in enumerate(range(0, self.num_rows, self.shuffle_window)):
+            stop = min(self.num_rows, start + self.shuffle_window)
+            rng = np.random.default_rng([self.seed, epoch, w])
+            order[start:stop] = start + rng.permutation(stop - start)
+        return order
+
+    def position(self, step_in_epoch: int, micro: int, dp_rank: int) -> int:
+        return step_in_epoch * self.rows_per_step + micro * self.dp_size + dp_rank
+
+
+def iter_rank_rows(rows: Iterable[dict], schedule: RowSchedule, epoch: int, dp_rank: int,
+                   start_step: int = 0) -> Iterator[tuple[int, PackedRow]]:
+    """(epoch position, row) for this rank, in position order, starting at ``start_step``."""
+    order = schedule.epoch_order(epoch)
+    position_of = np.empty_like(order)
+    position_of[order] = np.arange(schedule.num_rows)
+    first = start_step * schedule.rows_per_step
+    window = schedule.shuffle_window if epoch else 1
+    pending: dict[int, dict] = {}
+    for i, rec in enumerate(rows):
+        k = int(position_of[i])
+        if k >= first and k % schedule.dp_size == dp_rank:
+            pending[k] = rec
+        if (i + 1) % window == 0 or i + 1 == schedule.num_rows:
+            for k in sorted(pending):
+                yield k, PackedRow.from_record(pending[k])
+            pending.clear()
+
+
+def iter_steps(rows: Iterable[dict], schedule: RowSchedule, epoch: int, dp_rank: int,
+               start_step: int = 0) -> Iterator[tuple[int, list]]:
+    """(step in epoch, [PackedRow or None per micro-batch]) for this rank; None = no row left (dummy)."""
+    source = iter_rank_rows(rows, schedule, epoch, dp_rank, start_step)
+    nxt = next(source, None)
+    for step in range(start_step, schedule.steps_per_epoch):
+        micro_rows = []
+        for micro in range(schedule.micro_steps):
+            k = schedule.position(step, micro, dp_rank)
+            if nxt is not None and nxt[0] == k:
+                micro_rows.append(nxt[1])
+                nxt = next(source, None)
+            else:
+                micro_rows.append(None)
+        yield step, micro_rows
+
+
+def iter_eval_rows(rows: Iterable[dict], num_rows: int, dp_size: int, dp_rank: int) -> Iterator:
+    """This rank's eval rows (k % dp == rank), padded with None so every rank runs the same count."""
+    count = 0
+    for k, rec in enumerate(rows):
+        if k % dp_size == dp_rank:
+            count += 1
+            yield PackedRow.from_record(rec)
+    for _ in range(math.ceil(num_rows / dp_size) - count):
+        yield None
+
+
+def dummy_row() -> PackedRow:
+    """A 2-token single-sequence row: keeps collectives in step on ranks with no data; contributes nothing."""
+    return PackedRow(input_ids=[0, 0], position_ids=[0, 1], seq_lens=[2], seq_full_lens=[2], reward_index=[1],
+                     seq_group=[0], seq_ranks=[0], seq_scores=[math.nan], group_ids=["<dummy>"], group_sizes=[1],
+                     group_prefix_lens=[0], group_common_lens=[0], group_margins=[math.nan], group_subsets=[""])

@@ -1,0 +1,174 @@
+"""The driver side of training: validate, prepare data on Ray Data, run ``TorchTrainer``, collect outputs.
+
+Data is tokenized and packed once on the cluster and materialized, so the driver knows the drop
+report and the exact number of steps (for the LR schedule) before any worker starts, and every
+worker streams the same rows (see train/data_feed.py). Outputs in ``output_dir``:
+``hf/`` (the Hugging Face checkpoint), ``summary.json``, ``drop_report.json``, ``tensorboard/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ray_rm.config import to_dict
+from ray_rm.config_schema import TrainJobConfig
+from ray_rm.data.pipeline import PackSettings, PreparedData, materialize
+from ray_rm.data.prepare import check_pack_budget
+from ray_rm.errors import UserError
+from ray_rm.losses import LOSS_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: TrainJobConfig) -> None:
+    tc = cfg.train
+    if tc.loss not in LOSS_NAMES:
+        raise UserError(f"train.loss '{tc.loss}' is unknown; choose one of {', '.join(LOSS_NAMES)}")
+    if tc.num_workers < 1 or tc.sequence_parallel_size < 1 or tc.num_workers % tc.sequence_parallel_size:
+        raise UserError(f"train.num_workers ({tc.num_workers}) must be a positive multiple of "
+                        f"train.sequence_parallel_size ({tc.sequence_parallel_size})")
+    if tc.zero_stage not in (0, 1, 2, 3):
+        raise UserError(f"train.zero_stage must be 0, 1, 2 or 3, got {tc.zero_stage}")
+    if tc.micro_steps_per_update < 1:
+        raise UserError("train.micro_steps_per_update must be >= 1")
+    if tc.nan_policy not in ("skip", "raise"):
+        raise UserError("train.nan_policy must be skip or raise")
+    if cfg.data.overlength not in ("drop", "truncate_left"):
+        raise UserError("data.overlength must be drop or truncate_left")
+    if cfg.data.on_error not in ("drop", "raise"):
+        raise UserError("data.on_error must be drop or raise")
+    if not cfg.data.train_files:
+        raise UserError("data.train_files is empty")
+    check_pack_budget(cfg.data)
+    if cfg.train.lora.quantize_4bit and not tc.use_gpu:
+        raise UserError("QLoRA (train.lora.quantize_4bit=true) needs GPUs: set train.use_gpu=true on a GPU cluster, "
+                        "or use LoRA without quantization on CPU")
+
+
+def _pack_settings(cfg: TrainJobConfig, model_path: str) -> tuple[PackSettings, dict]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ray_rm.model.build import detect_kind
+    from ray_rm.model.export import pick_pad_token
+
+    hf_config = AutoConfig.from_pretrained(model_path)
+    kind = detect_kind(hf_config, cfg.model.kind)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_id = pick_pad_token(tokenizer)[1] if kind == "decoder" else (tokenizer.pad_token_id or 0)
+    settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
+                            is_encoder=kind == "encoder", seed=cfg.train.seed if cfg.data.shuffle else None)
+    return settings, {"kind": kind, "pad_token_id": pad_id}
+
+
+def _prepare(cfg: TrainJobConfig, settings: PackSettings) -> tuple[PreparedData, PreparedData | None]:
+    t0 = time.time()
+    train = materialize(cfg.data.train_files, cfg.data, settings)
+    print(f"[ray_rm] train data: {train.report.format()}\n[ray_rm] packed {train.num_groups} pairs/groups "
+          f"({train.num_tokens} tokens) into {train.num_rows} rows of <= {cfg.data.pack_tokens} tokens "
+          f"(fill {train.num_tokens / max(1, train.num_rows * cfg.data.pack_tokens):.3f}) in {time.time() - t0:.1f}s",
+          flush=True)
+    if train.num_rows == 0:
+        raise UserError("no training rows left after filtering; see the drop report above")
+    evald = None
+    if cfg.data.eval_files:
+        evald = materialize(cfg.data.eval_files, cfg.data, replace(settings, seed=None))
+        print(f"[ray_rm] eval data: {evald.report.format()}", flush=True)
+        if evald.num_rows == 0:
+            evald = None
+    return train, evald
+
+
+def run_training(cfg: TrainJobConfig) -> dict:
+    """Train, export and summarize; returns the summary written to ``output_dir/summary.json``."""
+    validate(cfg)
+    started = time.time()
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = replace(cfg, output_dir=str(out))
+
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ray_rm.assets import resolve_model_path
+    from ray_rm.ray_utils import init_ray
+    from ray_rm.train.loop import train_loop_per_worker
+    from ray_rm.train.metrics import ProgressLine
+
+    init_ray(cfg.ray)
+    model_path = resolve_model_path(cfg.model.name_or_path)
+    settings, model_info = _pack_settings(cfg, model_path)
+    train, evald = _prepare(cfg, settings)
+    reports = {"train": train.report.to_dict(), "eval": evald.report.to_dict() if evald else None}
+    (out / "drop_report.json").write_text(json.dumps(reports, indent=2))
+
+    tc = cfg.train
+    dp = tc.num_workers // tc.sequence_parallel_size
+    steps_per_epoch = -(-train.num_rows // (dp * tc.micro_steps_per_update))
+    total_steps = tc.max_steps or steps_per_epoch * tc.num_epochs
+    run_name = tc.run_name or f"ray_rm-{out.name}"
+    storage = Path(tc.storage_path).resolve() if tc.storage_path else out / "ray_storage"
+    loop_config = {
+        "config": to_dict(cfg), "total_steps": total_steps, "train_rows": train.num_rows,
+        "eval_rows": evald.num_rows if evald else 0, "pad_token_id": model_info["pad_token_id"],
+        "export_meta": {"chat_template": cfg.data.chat_template, "append_eos": cfg.data.append_eos,
+                        "max_length": cfg.data.max_length, "base_model": cfg.model.name_or_path,
+                        "loss": tc.loss},
+    }
+    datasets = {"train": train.dataset}
+    if evald:
+        datasets["eval"] = evald.dataset
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[ProgressLine(total_steps)]),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+    )
+    print(f"[ray_rm] training {total_steps} steps on {tc.num_workers} workers (dp {dp} x sp "
+          f"{tc.sequence_parallel_size}, ZeRO-{tc.zero_stage}, loss {tc.loss}); run '{run_name}' in {storage}",
+          flush=True)
+    from ray.train import TrainingFailedError
+
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        raise UserError(f"training failed: {_root_cause(exc)}") from None
+    hf_dir = out / "hf"
+    with result.checkpoint.as_directory() as ckpt:
+        if not (Path(ckpt) / "hf").is_dir():
+            raise RuntimeError(f"the final checkpoint {ckpt} holds no hf/ export")
+        if hf_dir.exists():
+            shutil.rmtree(hf_dir)
+        shutil.copytree(Path(ckpt) / "hf", hf_dir)
+    metrics = dict(result.metrics or {})
+    summary = {
+        "hf_checkpoint": str(hf_dir), "run_name": run_name, "storage_path": str(storage),
+        "steps": metrics.get("global_step"), "pairs_seen": metrics.get("pairs_seen"),
+        "tokens_seen": metrics.get("tokens_seen"), "skipped_micro_batches": metrics.get("skipped_micro_batches"),
+        "wall_time_s": round(time.time() - started, 1),
+        "final_metrics": {k: v for k, v in metrics.items() if k.startswith(("eval/", "train/"))},
+        "data": {"train_rows_packed": train.num_rows, "train_groups": train.num_groups,
+                 "train_tokens": train.num_tokens,
+                 "fill_fraction": train.num_tokens / (train.num_rows * cfg.data.pack_tokens),
+                 "drop_report": reports},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[ray_rm] done in {summary['wall_time_s']}s: HF checkpoint {hf_dir} | summary {out / 'summary.json'}",
+          flush=True)
+    return summary
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else type(seen).__name__

@@ -1,0 +1,84 @@
+"""Training metrics under open-instruct's names, TensorBoard output, and the driver's progress line."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from ray.train import UserCallback
+
+
+def step_metrics(sums: dict, engine, pack_tokens: int, state) -> dict:
+    """Per-step global metrics from the all-reduced sums of ``train_step``."""
+    pairs = sums["pairs"] or math.nan
+    grad_norm = engine.get_global_grad_norm()
+    rows = sums["rows"] or math.nan
+    return {
+        "train/rm/loss": sums["loss"],
+        "train/rm/accuracy": sums["correct"] / pairs,
+        "train/rm/chosen_rewards": sums["chosen_rewards"] / pairs,
+        "train/rm/rejected_rewards": sums["rejected_rewards"] / pairs,
+        "train/rm/reward_margin": sums["reward_margin"] / pairs,
+        "train/rm/lr": float(engine.get_lr()[0]),
+        "train/rm/grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+        "train/rm/tokens_per_s": sums["tokens"] / sums["seconds"],
+        "train/rm/pairs_per_s": sums["pairs"] / sums["seconds"],
+        "train/rm/real_token_fraction": sums["tokens"] / (rows * pack_tokens),
+        "train/rm/skipped_micro_batches": float(state.skipped_micro_batches),
+        "global_step": state.global_step,
+        "epoch": state.epoch,
+    }
+
+
+class MetricsWriter:
+    """Rank 0 writes every step's metrics to ``metrics.jsonl`` and TensorBoard; other ranks do nothing."""
+
+    def __init__(self, output_dir: str | None, tensorboard: bool):
+        self.writer = self.jsonl = None
+        if output_dir:
+            self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+
+    def write(self, metrics: dict, step: int) -> None:
+        if self.jsonl is None:
+            return
+        self.jsonl.write(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if "/" in k and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        for handle in (self.writer, self.jsonl):
+            if handle is not None:
+                handle.close()
+
+
+class ProgressLine(UserCallback):
+    """Prints one line per report on the Ray Train controller; Ray forwards it to the driver's console."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.started = time.time()
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0] if metrics else {}
+        step = m.get("global_step")
+        if step is None:
+            return
+        parts = [f"step {step}/{self.total_steps}"]
+        for key, label in (("train/rm/loss", "loss"), ("train/rm/accuracy", "acc"),
+                           ("train/rm/reward_margin", "margin"), ("train/rm/tokens_per_s", "tok/s"),
+                           ("eval/rm/loss", "eval_loss"), ("eval/rm/accuracy", "eval_acc")):
+            if key in m and isinstance(m[key], (int, float)) and math.isfinite(m[key]):
+                parts.append(f"{label} {m[key]:.4g}")
+        if checkpoint is not None:
+            parts.append("checkpoint saved")
+        elapsed = time.time() - self.started
+        print(f"[ray_rm] {' | '.join(parts)} | {elapsed:.0f}s", flush=True)
