@@ -33,9 +33,11 @@ def _options(parser) -> None:
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_job_args(InspectDataConfig, argv, __doc__, add_arguments=_options)
     from ray_rm.data.pipeline import make_encoder
+    from ray_rm.data.sources import expand_sources
     from ray_rm.data.stats import data_stats, format_stats
 
     files = args.data or cfg.data.train_files
+    expand_sources(files)  # a mistyped path fails before the tokenizer loads
     encoder = make_encoder(args.tokenizer, cfg.data, args.encoder)
     stats = data_stats(files, cfg.data, encoder, share_prompt=cfg.data.share_prompt and not args.encoder,
                        seed=args.seed)

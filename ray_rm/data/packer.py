@@ -50,12 +50,18 @@ class PackedRow:
 
     def add_group(self, group: TokenizedGroup, share_prompt: bool) -> None:
         g = len(self.group_ids)
-        prefix = group.shared_len if share_prompt and len(group.sequences) > 1 else 0
+        k = len(group.sequences)
+        # A group built without scores (the TokenizedGroup default) must not zip its sequences away.
+        scores = list(group.scores) if group.scores else [math.nan] * k
+        if not len(group.ranks) == len(scores) == k:
+            raise ValueError(f"group {group.example_id}: {k} sequences but {len(group.ranks)} ranks "
+                             f"and {len(scores)} scores")
+        prefix = group.shared_len if share_prompt and k > 1 else 0
         start = len(self.input_ids)
         if prefix:
             self.input_ids.extend(group.sequences[0][:prefix])
             self.position_ids.extend(range(prefix))
-        for seq, rank, score in zip(group.sequences, group.ranks, group.scores):
+        for seq, rank, score in zip(group.sequences, group.ranks, scores):
             own = seq[prefix:]
             self.input_ids.extend(own)
             self.position_ids.extend(range(prefix, prefix + len(own)))
