@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests set the mode explicitly (GUIDE §2)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # see ray_rm/ray_utils.py
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -104,6 +105,9 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                                           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                                           # test-module functions run in workers (pickled by reference)
+                                           "PYTHONPATH": str(REPO / "tests")}})
     yield ray
     ray.shutdown()
