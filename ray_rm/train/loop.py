@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -92,7 +93,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 raise RuntimeError(f"{state.skipped_micro_batches} micro-batches had a non-finite loss or reward "
                                    f"(limit train.max_skipped_steps={tc.max_skipped_steps}); stopping")
             if consumed_log:
-                consumed_log.write(json.dumps({"step": state.global_step, "rank": rank, "ids": [
+                consumed_log.write(json.dumps({"step": state.global_step, "rank": rank, "pid": os.getpid(), "ids": [
                     g for r in rows if r is not None for g in r.group_ids]}) + "\n")
                 consumed_log.flush()
             metrics = step_metrics(sums, engine, cfg.data.pack_tokens, state)
