@@ -79,7 +79,7 @@ def score_dataset(job: EvalJobConfig) -> tuple[list[ScoredExample], DropReport]:
     from ray_rm.ray_utils import init_ray
 
     cfg, data = job.eval, job.data
-    tasks = plan_read_tasks(data.eval_files, data.rows_per_read_task, data.limit, max(1, data.builtin_size // 4))
+    tasks = plan_read_tasks(data.eval_files, data.rows_per_read_task, data.limit, data.builtin_size)
     init_ray(job.ray)
     gpus = resolve_gpus(cfg.gpus_per_actor)
     items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]

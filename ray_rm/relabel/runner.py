@@ -104,7 +104,7 @@ def _prepare_output(out_dir: Path, fingerprint: dict, overwrite: bool) -> None:
 
 def summarize(out_dir: Path, cfg: RelabelConfig, num_tasks: int) -> dict:
     """Merge every task's marker: the row accounting of the whole job (resumed tasks included)."""
-    report, counts, files, output_rows, tokens, peak = DropReport(), Counter(), [], 0, 0, 0.0
+    report, counts, files, output_rows, tokens, peak, busy = DropReport(), Counter(), [], 0, 0, 0.0, Counter()
     for i in range(num_tasks):
         m = json.loads(marker_path(out_dir, i).read_text())
         report.merge(DropReport.from_dict(m["report"]))
@@ -113,11 +113,13 @@ def summarize(out_dir: Path, cfg: RelabelConfig, num_tasks: int) -> dict:
         output_rows += m["output_rows"]
         tokens += m["tokens"]
         peak = max(peak, m.get("peak_rss_mb", 0.0))
+        busy.update({k: m[k] for k in ("seconds", "score_seconds")})
     assert report.rows_read == report.rows_kept + report.rows_dropped, "row accounting is inconsistent"
     summary = {"mode": cfg.mode, "model_path": cfg.model_path, "input_files": cfg.input_files,
                **report.to_dict(), "rows_written": report.rows_kept, "output_rows": output_rows,
                "counts": dict(sorted(counts.items())), "num_tasks": num_tasks, "tokens_scored": tokens,
-               "actor_peak_rss_mb": peak, "files": files}
+               "actor_peak_rss_mb": peak, "task_seconds": round(busy["seconds"], 3),
+               "score_seconds": round(busy["score_seconds"], 3), "files": files}
     if cfg.mode == "pairs-from-candidates":
         summary["pair_strategy"], summary["min_margin"] = cfg.pair_strategy, cfg.min_margin
     if cfg.mode == "rejudge":

@@ -5,6 +5,7 @@ tokenization rules, prompt-shared packing, one forward per packed row).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from ray_rm.data.formats import PreferenceExample
@@ -29,8 +30,13 @@ def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dty
                         attn_implementation=attn_implementation)
 
 
-def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = False) -> list:
-    """A ``Scored`` per example, or a (reason, message) drop when a sequence exceeds the model's limit."""
+def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = False,
+                   timing: dict | None = None) -> list:
+    """A ``Scored`` per example, or a (reason, message) drop when a sequence exceeds the model's limit.
+
+    ``timing["score_seconds"]`` accumulates the time spent in packed forward passes (the part a bare
+    model run would also pay), so jobs can report their own overhead.
+    """
     items = [(ex.prompt, r) for ex in examples for r in ex.responses]
     ids = scorer.encode(items) if items else []
     out: list = []
@@ -47,7 +53,11 @@ def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = 
         owners.append(len(out))
         out.append(None)
         groups.append(seqs)
-    for i, (g, rewards) in enumerate(zip(groups, scorer.score_groups(groups) if groups else [])):
+    start = time.perf_counter()
+    all_rewards = scorer.score_groups(groups) if groups else []
+    if timing is not None:
+        timing["score_seconds"] = timing.get("score_seconds", 0.0) + time.perf_counter() - start
+    for i, (g, rewards) in enumerate(zip(groups, all_rewards)):
         if normalize:
             rewards = [scorer.stats.normalize(r) for r in rewards]
         out[owners[i]] = Scored([float(r) for r in rewards], [len(s) for s in g])

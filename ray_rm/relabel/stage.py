@@ -27,17 +27,17 @@ def map_tasks(items: list[dict], actor_cls, ctor_kwargs: dict, *, actors: int, c
               gpus_per_actor: float) -> Iterator[dict]:
     """Run ``actor_cls`` over ``items`` (one block each) on an actor pool; yield result rows as they finish."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
     if not items:
         return
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # the jobs show one row-level progress bar of their own
-    ctx.execution_options.preserve_order = False  # results carry their task index; finish order is free
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(actor_cls, fn_constructor_kwargs=ctor_kwargs, batch_size=1, batch_format="numpy",
                         compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
                         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+    # Per-dataset settings (the dataset holds its own copy of the context; the global one is left alone):
+    ds.context.enable_progress_bars = False  # the jobs show one row-level progress bar of their own
+    ds.context.execution_options.preserve_order = False  # results carry their task index
     yield from ds.iter_rows()
 
 

@@ -58,6 +58,7 @@ class TaskOutput:
     counts: Counter = field(default_factory=Counter)
     chat: bool = False
     tokens: int = 0
+    timing: dict = field(default_factory=dict)
 
 
 def _drop_or_raise(report: DropReport, exc: DataError, on_error: str) -> None:
@@ -85,7 +86,7 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
             continue
         examples.append(ex)
     out.chat = bool(chat)
-    scored = score_examples(scorer, examples, cfg.normalize)
+    scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)
     for ex, s in zip(examples, scored):
         if not isinstance(s, Scored):
@@ -113,7 +114,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_task(out_dir: Path, task_index: int, task: ReadTask, out: TaskOutput, cfg: RelabelConfig,
-               seconds: float) -> dict:
+               timing: dict) -> dict:
     """Write the part file(s), then the marker; returns the marker's content."""
     name = part_name(task_index)
     data_dir = out_dir / DATA_DIR
@@ -128,7 +129,7 @@ def write_task(out_dir: Path, task_index: int, task: ReadTask, out: TaskOutput, 
         _atomic_write(data_dir / f"{name}.jsonl", lambda p: p.write_text(text, encoding="utf-8"))
     marker = {"task_index": task_index, "task": task.to_dict(), "report": out.report.to_dict(),
               "counts": dict(out.counts), "output_rows": len(out.records), "files": files,
-              "tokens": out.tokens, "seconds": round(seconds, 4),
+              "tokens": out.tokens, **timing, "finished_at": time.time(),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     _atomic_write(marker_path(out_dir, task_index), lambda p: p.write_text(json.dumps(marker)))
     return marker
@@ -139,6 +140,9 @@ def run_task(out_dir: Path, task_index: int, task: ReadTask, scorer, cfg: Relabe
     existing = marker_path(out_dir, task_index)
     if existing.is_file():
         return json.loads(existing.read_text())
-    start = time.perf_counter()
+    started_at, start, cpu = time.time(), time.perf_counter(), time.process_time()
     out = relabel_task(task, scorer, cfg)
-    return write_task(out_dir, task_index, task, out, cfg, time.perf_counter() - start)
+    timing = {"started_at": started_at, "seconds": round(time.perf_counter() - start, 4),
+              "cpu_seconds": round(time.process_time() - cpu, 4),
+              "score_seconds": round(out.timing.get("score_seconds", 0.0), 4)}
+    return write_task(out_dir, task_index, task, out, cfg, timing)
