@@ -55,10 +55,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_files: list = opt(["builtin:arithmetic"],
-                            "training data: JSONL / Parquet files, directories, save_to_disk folders, hf:// "
-                            "hub names, or 'builtin:arithmetic' (the shipped demo set)")
-    eval_files: list = opt(["builtin:arithmetic-eval"], "evaluation data (same forms as train_files)")
+    train_files: list = opt([], "training data: JSONL / Parquet files, directories, save_to_disk folders, hf:// "
+                                "hub names, or 'builtin:verifiable' (the shipped demo set)")
+    eval_files: list = opt([], "evaluation data (same forms as train_files; 'builtin:verifiable-eval')")
     max_length: int = opt(1024, "max tokens per sequence (prompt + response)")
     overlength: str = opt("drop", "sequences over max_length: drop (counted) | truncate_left (keep the end)")
     pack_tokens: int = opt(4096, "token budget of one packed row (one micro-batch per worker)")
@@ -76,7 +75,7 @@ class DataConfig:
     limit: int = opt(0, "use only the first N rows of each source (0 = all)")
     rows_per_read_task: int = opt(2000, "rows per Ray Data read/tokenize task")
     tokenize_actors: int = opt(1, "actors in the tokenization pool")
-    builtin_size: int = opt(600, "pairs generated for 'builtin:arithmetic' (eval: a quarter of it)")
+    builtin_size: int = opt(600, "pairs generated for 'builtin:verifiable' (eval: a quarter of it)")
 
 
 @dataclass
@@ -84,6 +83,8 @@ class TrainConfig:
     num_workers: int = opt(2, "Ray Train workers (data-parallel size x sequence_parallel_size)")
     use_gpu: bool = opt(False, "one GPU per worker (NCCL); CPU workers use gloo")
     cpus_per_worker: int = opt(1, "CPUs reserved per worker")
+    placement_strategy: str = opt("PACK", "how workers are placed on nodes: PACK (fill a node first) | SPREAD "
+                                          "(one per node where possible) | STRICT_PACK | STRICT_SPREAD")
     zero_stage: int = opt(2, "DeepSpeed ZeRO stage 0-3")
     offload_optimizer: bool = opt(False, "ZeRO offload of optimizer states to CPU (DeepSpeedCPUAdam)")
     offload_params: bool = opt(False, "ZeRO-3 offload of parameters to CPU")
@@ -119,7 +120,7 @@ class TrainConfig:
 
 @dataclass
 class TrainJobConfig:
-    output_dir: str = opt("outputs/demo", "where the HF checkpoint, summary.json and logs go")
+    output_dir: str = opt("outputs/train", "where the HF checkpoint, summary.json and logs go")
     model: ModelConfig = section(ModelConfig, "backbone and value head")
     data: DataConfig = section(DataConfig, "preference data, tokenization and packing")
     train: TrainConfig = section(TrainConfig, "optimization, DeepSpeed and Ray Train")

@@ -124,7 +124,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker},
+                                     placement_strategy=tc.placement_strategy),
         run_config=RunConfig(name=run_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

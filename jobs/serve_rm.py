@@ -1,0 +1,26 @@
+"""Serve a reward model over HTTP (and to in-cluster callers) with Ray Serve until interrupted.
+
+    python jobs/serve_rm.py serve.model_path=outputs/demo/hf serve.port=8000
+    python jobs/serve_rm.py --config my_serve.yaml serve.num_replicas=2  (YAML: serve: {...}, ray: {...})
+
+Binds 127.0.0.1 unless serve.host says otherwise; set serve.auth_token (or $RAY_RM_SERVE_TOKEN) before
+exposing it. SIGINT/SIGTERM drain in-flight requests and shut down cleanly. For clusters, deploy
+cluster/serve_rm.yaml with `serve deploy` instead.
+"""
+from __future__ import annotations
+
+import sys
+
+from ray_rm.cli import parse_job_config, run_job
+from ray_rm.serve.app import run_server
+from ray_rm.serve.config import ServeJobConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_job_config(ServeJobConfig, argv, "Serve a reward model with Ray Serve (POST /v1/score, "
+                                                 "POST /get_reward for OpenRLHF, GET /healthz, GET /v1/models).")
+    run_server(cfg)
+
+
+if __name__ == "__main__":
+    run_job(main, sys.argv[1:])
