@@ -21,13 +21,14 @@ T = TypeVar("T")
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
-def parse_job_config(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "") -> T:
-    return parse_job_args(cls, argv, description, extra_help=extra_help)[0]
+def parse_job_config(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "",
+                     default_config: str | None = None) -> T:
+    return parse_job_args(cls, argv, description, extra_help=extra_help, default_config=default_config)[0]
 
 
 def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "",
-                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-                   ) -> tuple[T, argparse.Namespace]:
+                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                   default_config: str | None = None) -> tuple[T, argparse.Namespace]:
     """Like ``parse_job_config`` for jobs with options of their own (``add_arguments`` adds them).
 
     A multi-value option (``nargs="+"``) swallows the overrides typed after it
@@ -38,7 +39,9 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
         epilog=("settings (override any with key=value; lists take a,b,c):\n" + describe(cls)
                 + ("\n\n" + extra_help if extra_help else "")),
     )
-    parser.add_argument("--config", help="YAML file with the settings below, grouped by section")
+    parser.add_argument("--config", default=default_config,
+                        help="YAML file with the settings below, grouped by section"
+                             + (f" (default: the built-in demo config {default_config})" if default_config else ""))
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-5")
     if add_arguments:
@@ -50,6 +53,8 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
             if stray:
                 setattr(args, name, [v for v in value if v not in stray])
                 args.overrides = stray + list(args.overrides)
+    if default_config and args.config == default_config:
+        print(f"[ray_rm] no --config given: starting from the built-in demo config {default_config}", flush=True)
     try:
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as exc:

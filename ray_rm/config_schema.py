@@ -7,6 +7,9 @@ the ``help`` metadata feeds ``--help``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+DEMO_TRAIN_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 
 
 def opt(default, help: str):

@@ -21,8 +21,14 @@ def quiet_ray_logs() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.train", "ray.train.v2._internal.execution.context"):
+    for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    try:  # Ray Train logs every report at INFO under a logger named after its file path
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
     try:
         from transformers.utils import logging as hf_logging
 

@@ -42,7 +42,7 @@ def yaml_file(tmp_path):
 def test_defaults_come_from_the_dataclasses():
     cfg = load_config(TrainJobConfig)
     assert cfg == TrainJobConfig()
-    assert cfg.data.pack_tokens == 4096 and cfg.data.train_files == ["builtin:arithmetic"]
+    assert cfg.data.pack_tokens == 4096 and cfg.data.train_files == []
 
 
 def test_yaml_and_dotted_overrides(yaml_file):

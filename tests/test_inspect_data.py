@@ -125,4 +125,4 @@ def test_user_errors_exit_2_with_one_line(extra_file):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: data source '{extra_file}.missing' does not exist "
                                                  "(expected a file, a folder, 'hf://<dataset>[:split]' or "
-                                                 "'builtin:arithmetic')"]
+                                                 "'builtin:verifiable')"]

@@ -30,7 +30,7 @@ def files(tmp_path_factory) -> list[str]:
     from ray_rm.data.demo_data import make_row
 
     root = tmp_path_factory.mktemp("pipeline")
-    pq.write_table(pa.Table.from_pylist([make_row("arithmetic-eval", i) for i in range(30)]), root / "chat.parquet")
+    pq.write_table(pa.Table.from_pylist([make_row("verifiable-eval", i) for i in range(30)]), root / "chat.parquet")
     bad = root / "mixed.jsonl"
     bad.write_text("\n".join([
         json.dumps({"prompt": "Q? ", "chosen": "yes", "rejected": "no", "margin": 2.0}),
@@ -39,7 +39,7 @@ def files(tmp_path_factory) -> list[str]:
         json.dumps({"prompt": "Q? ", "responses": ["a", "b", "c"], "scores": [0.5, 2, 1]}),
         '{"prompt": "Q? ", "chosen": "trunc',
     ]) + "\n")
-    return [str(HH_TEST), str(root / "chat.parquet"), str(bad), "builtin:arithmetic"]
+    return [str(HH_TEST), str(root / "chat.parquet"), str(bad), "builtin:verifiable"]
 
 
 def same(a, b) -> bool:

@@ -1,54 +1,82 @@
-"""The built-in demo preference set: arithmetic questions with a correct and a plausibly wrong answer.
+"""The built-in demo preference set: questions whose answers a program can check.
 
-It ships inside the package, so the demo runs anywhere without ../shared or a hub. Labels are
-verifiable (the chosen answer is correct), so a reward model that learns shows it in eval accuracy.
-Row i depends only on (name, i): Ray Data tasks generate their row ranges independently.
-Train and eval questions are disjoint by construction.
+It ships inside the package, so the demo runs anywhere without ../shared or a hub. Each row has a
+correct answer (chosen) and a plausibly wrong one (rejected), from four families:
+  case          "Write the word 'river' in capital letters."        RIVER                     vs river / River
+  first_letter  "What is the first letter of the word 'garden'?"   The first letter is 'g'.  vs ... 'k'.
+  spell         "Spell the word 'needle' letter by letter."        n-e-e-d-l-e               vs n-e-e-l-d-e
+  larger        "Which is larger, 38 or 83?"                        83 is larger.             vs 38 is larger.
+(Small-number addition and parity were tried and dropped: SmolLM2-135M + LoRA stays at chance on them
+within the demo's budget, so they would not show learning.)
+Labels are verifiable, so a reward model that learns shows it in eval accuracy (per family in the
+demo's report via the ``subset`` field). Row i depends only on (name, i), so Ray Data tasks generate
+their ranges independently; train and eval use disjoint words and numbers.
 """
 from __future__ import annotations
 
 import random
+import zlib
 
-SETS = {"arithmetic": (0, 1), "arithmetic-eval": (1, 4)}  # (split id, size divisor)
-
-
-def _question(rng: random.Random):
-    op = rng.choice("+-+*")
-    if op == "*":
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
-        return a, op, b, a * b
-    a, b = rng.randint(2, 60), rng.randint(2, 40)
-    if op == "-" and b > a:
-        a, b = b, a
-    return a, op, b, a + b if op == "+" else a - b
+SETS = {"verifiable": (0, 1), "verifiable-eval": (1, 4)}  # (split id, size divisor)
+FAMILIES = ("case", "first_letter", "spell", "larger")
+WORDS = ("river", "apple", "garden", "window", "silver", "planet", "forest", "pencil", "rocket", "bridge",
+         "candle", "harbor", "meadow", "button", "castle", "dragon", "island", "jacket", "kitten", "ladder",
+         "marble", "needle", "orange", "pepper", "rabbit", "saddle", "tunnel", "violin", "wallet", "yellow",
+         "anchor", "basket", "carpet", "dinner", "engine", "feather", "guitar", "helmet", "insect", "jungle")
 
 
-def _wrong(rng: random.Random, answer: int) -> int:
-    delta = rng.choice([1, 2, 3, 10, -1, -2, -3, -10])
-    wrong = answer + delta
-    return wrong if wrong >= 0 else answer + abs(delta)
+def _split_of(key: str) -> int:
+    return 1 if zlib.crc32(key.encode()) % 5 == 0 else 0
 
 
-def _split_of(a: int, op: str, b: int) -> int:
-    return 1 if (a * 7 + b * 3 + ord(op)) % 4 == 0 else 0
+def _case(rng: random.Random, split: int):
+    word = rng.choice([w for w in WORDS if _split_of(w) == split])
+    if rng.random() < 0.5:
+        wrong = rng.choice([word, word.capitalize()])
+        return f"Write the word '{word}' in capital letters.", word.upper(), wrong
+    wrong = rng.choice([word.upper(), word.capitalize()])
+    return f"Write the word '{word.upper()}' in lowercase letters.", word, wrong
+
+
+def _larger(rng: random.Random, split: int):
+    while True:
+        a, b = rng.sample(range(10, 100), 2)
+        if _split_of(f"l{min(a, b)}-{max(a, b)}") == split:
+            break
+    return f"Which is larger, {a} or {b}?", f"{max(a, b)} is larger.", f"{min(a, b)} is larger."
+
+
+def _first_letter(rng: random.Random, split: int):
+    word = rng.choice([w for w in WORDS if _split_of(w) == split])
+    wrong = rng.choice([c for c in "abcdefghijklmnoprstuvwy" if c != word[0]])
+    return (f"What is the first letter of the word '{word}'?", f"The first letter is '{word[0]}'.",
+            f"The first letter is '{wrong}'.")
+
+
+def _spell(rng: random.Random, split: int):
+    word = rng.choice([w for w in WORDS if _split_of(w) == split])
+    letters = list(word)
+    i = rng.randrange(len(letters) - 1)
+    while letters[i] == letters[i + 1]:
+        i = rng.randrange(len(letters) - 1)
+    swapped = letters[:]
+    swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
+    return f"Spell the word '{word}' letter by letter.", "-".join(letters), "-".join(swapped)
+
+
+_MAKERS = {"case": _case, "first_letter": _first_letter, "spell": _spell, "larger": _larger}
 
 
 def make_row(name: str, index: int) -> dict:
     split, _ = SETS[name]
+    family = FAMILIES[index % len(FAMILIES)]
     rng = random.Random(f"ray_rm-{name}-{index}")
-    while True:
-        a, op, b, answer = _question(rng)
-        if _split_of(a, op, b) == split:
-            break
-    wrong = _wrong(rng, answer)
-    shown = "x" if op == "*" else op
-    phrasing = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?"])
-    question = phrasing.format(a=a, op=shown, b=b)
-    answer_text = "{a} {op} {b} = {r}."
+    question, right, wrong = _MAKERS[family](rng, split)
     return {
         "prompt": [{"role": "user", "content": question}],
-        "chosen": [{"role": "assistant", "content": answer_text.format(a=a, op=shown, b=b, r=answer)}],
-        "rejected": [{"role": "assistant", "content": answer_text.format(a=a, op=shown, b=b, r=wrong)}],
+        "chosen": [{"role": "assistant", "content": right}],
+        "rejected": [{"role": "assistant", "content": wrong}],
+        "subset": family,
     }
 
 

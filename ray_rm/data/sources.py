@@ -78,7 +78,7 @@ def expand_sources(specs: list[str]) -> list[tuple[str, str]]:
                 out.append(_file_kind(path))
             else:
                 raise DataError(f"data source '{spec}' does not exist (expected a file, a folder, "
-                                f"'{HUB_PREFIX}<dataset>[:split]' or '{BUILTIN_PREFIX}arithmetic')")
+                                f"'{HUB_PREFIX}<dataset>[:split]' or '{BUILTIN_PREFIX}verifiable')")
     return out
 
 

@@ -5,11 +5,15 @@ a C++ build); ``zero_force_ds_cpu_optimizer`` is off so ZeRO offload also accept
 """
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import replace
 
 import torch
 
 from ray_rm.config_schema import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
@@ -63,13 +67,26 @@ def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
 
 
-def initialize(model, tc: TrainConfig, total_steps: int, dtype: torch.dtype):
+def effective_zero_stage(tc: TrainConfig, world_size: int) -> int:
+    """ZeRO shards states across ranks; with one worker and no offload it only adds copies (measured: the
+    ZeRO-2 optimizer step took 2.6 s vs 0.3 s at stage 0 for SmolLM2 on CPU), so stage 0 is used."""
+    if world_size == 1 and not (tc.offload_optimizer or tc.offload_params):
+        return 0
+    return tc.zero_stage
+
+
+def initialize(model, tc: TrainConfig, total_steps: int, dtype: torch.dtype, world_size: int):
     import deepspeed
 
+    stage = effective_zero_stage(tc, world_size)
+    if stage != tc.zero_stage:
+        log.info("one worker without offload: ZeRO-%d would only add copies, using stage 0", tc.zero_stage)
     optimizer = make_optimizer(model, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc.warmup_ratio,
                                                                          tc.min_lr_ratio))
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(tc, dtype),
-        dist_init_required=False)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(replace(tc, zero_stage=stage), dtype), dist_init_required=False)
+    if world_size == 1:
+        engine.enable_backward_allreduce = False  # nothing to average: skip flattening every gradient
     return engine, scheduler

@@ -55,7 +55,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         sp.check_model(model.config)
     dtype = resolve_dtype(mc.dtype, device.type)
     total_steps = loop_config["total_steps"]
-    engine, _ = engine_setup.initialize(model, tc, total_steps, dtype)
+    engine, _ = engine_setup.initialize(model, tc, total_steps, dtype, world)
     lora = tc.lora.r > 0
 
     state = checkpointing.restore(engine, exclude_frozen=lora) or TrainState()
@@ -117,6 +117,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                          state.global_step, tc.early_stopping_patience)
                 return True
         return False
+
+    if state.global_step == 0 and not state.done and tc.eval_every and eval_shard is not None:
+        ev = run_eval()  # the untrained baseline, so the first progress line shows where learning starts
+        metrics = {"global_step": 0, "epoch": 0, **{f"eval/rm/{k}": v for k, v in ev.items() if k in _EVAL_KEYS}}
+        writer.write(metrics, 0)
+        ray.train.report(metrics)
 
     stop = state.done
     while not stop and state.global_step < total_steps:

@@ -26,6 +26,8 @@ def step_metrics(sums: dict, engine, pack_tokens: int, state) -> dict:
         "train/rm/pairs_per_s": sums["pairs"] / sums["seconds"],
         "train/rm/real_token_fraction": sums["tokens"] / (rows * pack_tokens),
         "train/rm/skipped_micro_batches": float(state.skipped_micro_batches),
+        "train/rm/peak_memory_gb": sums["peak_memory_gb"],
+        "train/rm/step_seconds": sums["seconds"],
         "global_step": state.global_step,
         "epoch": state.epoch,
     }

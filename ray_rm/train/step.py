@@ -107,7 +107,23 @@ def train_step(ctx: StepContext, rows: list) -> dict:
     out = {k: v / ctx.sp_size for k, v in zip(keys, reduced)}
     out["skipped"] = reduced[keys.index("skipped")]
     out["seconds"] = time.perf_counter() - t0
+    out["peak_memory_gb"] = _max_across_ranks(peak_memory_gb(ctx.device), ctx.device)
     return out
+
+
+def peak_memory_gb(device) -> float:
+    """This worker's peak memory: GPU allocations on CUDA, process RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
+def _max_across_ranks(value: float, device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 @torch.no_grad()

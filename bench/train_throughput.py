@@ -1,0 +1,261 @@
+"""Training throughput: padded vs packed vs packed + shared prompt, and ray_rm's overhead over bare torch.
+
+Model SmolLM2-135M-Instruct (fp32, CPU), data ../shared/data/hh-rlhf-harmless/train.jsonl, bt loss,
+AdamW. All variants run in one process invocation on the same pairs:
+
+  Same pairs per step (``--pairs-per-step``, default 8), in-process, 2 threads:
+    padded     the TRL / open-instruct way: AutoModelForSequenceClassification on right-padded batches
+               with an attention mask, reward at the last non-pad token
+    packed     ray_rm's model on one packed row holding the step's pairs (varlen attention)
+    shared     the same, prompt-shared layout [prompt | chosen | rejected]
+  Same packed rows (token budget ``--pack-tokens``), identical to what the job streams:
+    bare       a plain torch loop: collate -> forward -> loss -> backward -> clip -> AdamW (the machine's limit)
+    ray_rm     the real job: Ray Data -> Ray Train TorchTrainer (1 worker, all cores) -> DeepSpeed (ZeRO-2
+               configured; one worker without offload runs stage 0, see ray_rm/train/engine.py);
+               tokens/s from its per-step metrics (same rows, same order)
+
+  python bench/train_throughput.py [--pairs 96] [--max-len 384] [--steps 6] [--job-steps 6]
+Prints JSON and writes bench/results/train_throughput.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+HH_TRAIN = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
+RESULTS = REPO / "bench" / "results"
+NAN = math.nan
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def load_groups(pairs: int, max_len: int):
+    """The first ``pairs`` hh-rlhf pairs whose sequences fit ``max_len`` tokens (file order)."""
+    from ray_rm.config_schema import DataConfig
+    from ray_rm.data.pipeline import make_encoder
+    from ray_rm.data.prepare import process_task
+    from ray_rm.data.sources import plan_read_tasks
+
+    cfg = DataConfig(max_length=max_len, pack_tokens=4 * max_len, limit=pairs * 2)
+    encoder = make_encoder("smollm2-135m-instruct", cfg, False)
+    groups = []
+    for task in plan_read_tasks([str(HH_TRAIN)], 10_000, cfg.limit):
+        groups += process_task(task, encoder, cfg, share_prompt=True)[0]
+    return groups[:pairs], encoder.tokenizer
+
+
+def timed_steps(step_fn, batches, warmup: int):
+    """Run warmup steps, then time the rest; returns the per-step seconds of the timed ones."""
+    times = []
+    for i, b in enumerate(batches):
+        t0 = time.perf_counter()
+        step_fn(b)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def rate(times, pairs_per_step, tokens_per_step):
+    total = sum(times)
+    return {"steps": len(times), "seconds": round(total, 2), "pairs_per_s": round(sum(pairs_per_step) / total, 3),
+            "tokens_per_s": round(sum(tokens_per_step) / total, 1),
+            "step_s_median": round(statistics.median(times), 3)}
+
+
+def run_padded(groups, tokenizer, chunks, warmup):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ray_rm.assets import resolve_model_path
+
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("smollm2-135m-instruct"),
+                                                               num_labels=1, attn_implementation="sdpa")
+    model.config.pad_token_id = 0  # <|endoftext|>, never a reward token here
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(chunk):
+        seqs = [s for g in chunk for s in g.sequences]
+        longest = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [0] * (longest - len(s)) for s in seqs])
+        mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in seqs])
+        r = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        loss = -torch.nn.functional.logsigmoid(r[0::2] - r[1::2]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    times = timed_steps(step, chunks, warmup)
+    timed = chunks[warmup:]
+    padded_tokens = [len(c) * 2 * max(len(s) for g in c for s in g.sequences) for c in timed]
+    out = rate(times, [len(c) for c in timed], [sum(len(s) for g in c for s in g.sequences) for c in timed])
+    out["padded_tokens_per_step"] = round(statistics.mean(padded_tokens))
+    return out
+
+
+def ray_rm_step_fn(share_prompt: bool):
+    import torch
+
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.losses import LossSettings, compute_loss
+    from ray_rm.model.batch import collate_row
+    from ray_rm.model.build import build_reward_model
+
+    model = build_reward_model(ModelConfig(name_or_path="smollm2-135m-instruct"), seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(row):
+        batch = collate_row(row)
+        res = compute_loss(model(batch), batch, LossSettings("bt"))
+        (res.terms["bt"][0] / res.counts["pairs"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the job clips too (train.clip_grad=1.0)
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def run_packed(chunks, share_prompt, warmup):
+    from ray_rm.data.packer import PackedRow
+
+    rows = []
+    for chunk in chunks:  # one row per step holding exactly that step's pairs
+        row = PackedRow()
+        for g in chunk:
+            row.add_group(g, share_prompt)
+        rows.append(row)
+    times = timed_steps(ray_rm_step_fn(share_prompt), rows, warmup)
+    timed = rows[warmup:]
+    return rate(times, [len(r.group_ids) for r in timed], [r.num_tokens for r in timed])
+
+
+def job_rows(data_file: Path, pack_tokens: int, max_len: int):
+    from ray_rm.config_schema import DataConfig
+    from ray_rm.data.pipeline import PackSettings, direct_packed_rows
+
+    cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens)
+    rows, _ = direct_packed_rows([str(data_file)], cfg, PackSettings("smollm2-135m-instruct", True, False, 42))
+    return rows, cfg
+
+
+def run_bare(rows, warmup):
+    times = timed_steps(ray_rm_step_fn(True), rows, warmup)
+    timed = rows[warmup:]
+    return rate(times, [len(r.group_ids) for r in timed], [r.num_tokens for r in timed])
+
+
+def run_job(data_file: Path, pack_tokens: int, max_len: int, steps: int, warmup: int, workdir: Path):
+    from ray_rm.config import load_config
+    from ray_rm.config_schema import TrainJobConfig
+    from ray_rm.train.driver import run_training
+
+    out = workdir / "job"
+    cfg = load_config(TrainJobConfig, None, [
+        f"output_dir={out}", "model.name_or_path=smollm2-135m-instruct", f"data.train_files={data_file}",
+        "data.eval_files=", f"data.max_length={max_len}", f"data.pack_tokens={pack_tokens}",
+        "train.num_workers=1", f"train.cpus_per_worker={os.cpu_count()}", "train.zero_stage=2",
+        "train.lora.r=0", "train.lr=1e-5", f"train.max_steps={steps}", "train.checkpoint_every=0",
+        "train.eval_every=0", "train.tensorboard=false", "train.warmup_ratio=0"])
+    summary = run_training(cfg)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    timed = [m for m in metrics if m["global_step"] > warmup]
+    seconds = sum(m["train/rm/step_seconds"] for m in timed)
+    tokens = sum(m["train/rm/tokens_per_s"] * m["train/rm/step_seconds"] for m in timed)
+    pairs = sum(m["train/rm/pairs_per_s"] * m["train/rm/step_seconds"] for m in timed)
+    return {"steps": len(timed), "seconds": round(seconds, 2), "pairs_per_s": round(pairs / seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "step_s_median": round(statistics.median(m["train/rm/step_seconds"] for m in timed), 3),
+            "peak_memory_gb_per_worker": round(max(m["train/rm/peak_memory_gb"] for m in metrics), 2),
+            "wall_time_s_incl_startup": summary["wall_time_s"]}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    same = result["same_pairs_per_step"]
+    names = ["padded", "packed", "shared"]
+    axes[0].bar(names, [same[n]["pairs_per_s"] for n in names], color=["#999", "#48c", "#2a6"])
+    axes[0].set_title(f"pairs/s, {result['config']['pairs_per_step']} pairs per step")
+    for i, n in enumerate(names):
+        axes[0].text(i, same[n]["pairs_per_s"], f"{same[n]['pairs_per_s'] / same['padded']['pairs_per_s']:.2f}x",
+                     ha="center", va="bottom")
+    rows = result["same_packed_rows"]
+    axes[1].bar(["bare torch", "ray_rm job"], [rows["bare"]["tokens_per_s"], rows["ray_rm"]["tokens_per_s"]],
+                color=["#999", "#2a6"])
+    axes[1].set_title(f"tokens/s on the same packed rows ({result['ray_rm_vs_bare']:.2f}x)")
+    fig.suptitle(f"SmolLM2-135M fwd+bwd, fp32, {result['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=96, help="hh-rlhf pairs used (first ones that fit)")
+    parser.add_argument("--max-len", type=int, default=384, help="max tokens per sequence")
+    parser.add_argument("--pairs-per-step", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="steps per in-process variant (first is warmup)")
+    parser.add_argument("--pack-tokens", type=int, default=2048, help="row budget for the bare vs job comparison")
+    parser.add_argument("--job-steps", type=int, default=6, help="steps of the real job (first is warmup)")
+    parser.add_argument("--only", choices=["all", "layouts", "overhead"], default="all",
+                        help="run only the padded/packed/shared comparison or only bare vs ray_rm")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    warmup = 1
+    out_file = RESULTS / "train_throughput.json"
+    result = json.loads(out_file.read_text()) if args.only != "all" and out_file.exists() else {}
+    result.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch "
+                   f"{torch.__version__}", "config": vars(args) | {"warmup_steps": warmup}})
+    if args.only in ("all", "layouts"):
+        groups, tokenizer = load_groups(args.pairs, args.max_len)
+        k = args.pairs_per_step
+        chunks = [groups[i:i + k] for i in range(0, len(groups) - k + 1, k)][:args.steps]
+        same = {"padded": run_padded(groups, tokenizer, chunks, warmup)}
+        same["padded"]["peak_rss_gb_so_far"] = round(peak_rss_gb(), 2)
+        same["packed"] = run_packed(chunks, False, warmup)
+        same["shared"] = run_packed(chunks, True, warmup)
+        result["same_pairs_per_step"] = same
+        padded = same["padded"]["pairs_per_s"]
+        result["shared_vs_padded_pairs_per_s"] = round(same["shared"]["pairs_per_s"] / padded, 2)
+        result["packed_vs_padded_pairs_per_s"] = round(same["packed"]["pairs_per_s"] / padded, 2)
+    if args.only in ("all", "overhead"):
+        with tempfile.TemporaryDirectory() as tmp:
+            data_file = Path(tmp) / "pairs.jsonl"
+            lines = HH_TRAIN.read_text().splitlines()
+            data_file.write_text("\n".join(lines[: args.pairs * 2]))
+            rows, _ = job_rows(data_file, args.pack_tokens, args.max_len)
+            from ray_rm.train.data_feed import RowSchedule
+
+            order = RowSchedule(len(rows), 1, 1, 42).epoch_order(0)  # the job's first-epoch order
+            job_order = [rows[i] for i in order][: args.job_steps]
+            bare = run_bare(job_order, warmup)
+            bare["peak_rss_gb_process"] = round(peak_rss_gb(), 2)
+            job = run_job(data_file, args.pack_tokens, args.max_len, args.job_steps, warmup, Path(tmp))
+        result["same_packed_rows"] = {"bare": bare, "ray_rm": job}
+        result["ray_rm_vs_bare"] = round(job["tokens_per_s"] / bare["tokens_per_s"], 3)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(result, indent=2))
+    plot(result, RESULTS / "train_throughput.png")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
