@@ -33,6 +33,16 @@ def _text(message_list: list) -> str:
     return message_list[0]["content"]
 
 
+def _content(value) -> str:
+    """Text of a relabel output field: a plain string, or the last message of a message list."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value[-1]["content"] if isinstance(value, list) else str(value)
+
+
 def stage_train(root: Path, quick: bool, overrides: list[str]) -> dict:
     from ray_rm.train.driver import run_training
 
@@ -82,10 +92,10 @@ def stage_relabel(root: Path, hf_dir: str, rows: int) -> dict:
     with open(candidates, "w") as fh:
         for i in range(rows):
             ex = make_row("verifiable-eval", 1000 + i)
-            responses = [_text(ex["chosen"]), _text(ex["rejected"])]
+            responses = [ex["chosen"], ex["rejected"]]  # chat messages, as the RM was trained on
             random.Random(i).shuffle(responses)  # unlabeled: the RM has to find the right one
             truth[_text(ex["prompt"])] = _text(ex["chosen"])
-            fh.write(json.dumps({"prompt": _text(ex["prompt"]), "responses": responses}) + "\n")
+            fh.write(json.dumps({"prompt": ex["prompt"], "responses": responses}) + "\n")
     job = load_config(RelabelJobConfig, None, [f"output_dir={root / 'relabel'}", f"relabel.model_path={hf_dir}",
                                                "relabel.mode=pairs-from-candidates",
                                                f"relabel.input_files={candidates}", "relabel.overwrite=true"])
@@ -93,7 +103,7 @@ def stage_relabel(root: Path, hf_dir: str, rows: int) -> dict:
     import pyarrow.parquet as pq
 
     table = pq.read_table(root / "relabel" / "data").to_pylist()
-    correct = sum(truth.get(r["prompt"]) == r["chosen"] for r in table)
+    correct = sum(truth.get(_content(r["prompt"])) == _content(r["chosen"]) for r in table)
     return {"dpo_pairs": len(table), "chosen_is_correct": round(correct / max(1, len(table)), 3),
             "output": str(root / "relabel" / "data"), "summary": summary}
 
@@ -136,9 +146,10 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, train_overri
     served = stage("serve", stage_serve, hf_dir, rows)
     relabeled = stage("relabel", stage_relabel, root, hf_dir, rows)
     evaluated = stage("eval", stage_eval, root, hf_dir, quick)
+    before = _accuracy_before_training(Path(train["hf_checkpoint"]).parent / "metrics.jsonl")
     result = {
         "train": {"hf_checkpoint": hf_dir, "steps": train["steps"], "wall_time_s": train["wall_time_s"],
-                  "eval_accuracy": train["final_metrics"].get("eval/rm/accuracy")},
+                  "eval_accuracy_before": before, "eval_accuracy": train["final_metrics"].get("eval/rm/accuracy")},
         "serve": served, "relabel": {k: v for k, v in relabeled.items() if k != "summary"}, "eval": evaluated,
         "timings_s": timings, "total_s": round(time.time() - started, 1),
     }
@@ -147,10 +158,23 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, train_overri
     return result
 
 
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _accuracy_before_training(metrics_file: Path):
+    for line in metrics_file.read_text().splitlines() if metrics_file.exists() else []:
+        m = json.loads(line)
+        if m.get("global_step") == 0 and "eval/rm/accuracy" in m:
+            return m["eval/rm/accuracy"]
+    return None
+
+
 def print_summary(r: dict, root: Path) -> None:
     lines = [
         "", "[ray_rm demo] finished in {:.0f}s".format(r["total_s"]),
-        f"  train    eval accuracy {r['train']['eval_accuracy']:.3f} after {r['train']['steps']} steps"
+        f"  train    eval accuracy {_fmt(r['train']['eval_accuracy_before'])} before -> "
+        f"{_fmt(r['train']['eval_accuracy'])} after {r['train']['steps']} steps"
         f"   -> {r['train']['hf_checkpoint']}  (loads with AutoModelForSequenceClassification)",
         f"  serve    {r['serve']['scored']} rollouts scored over HTTP at {r['serve']['url']}; correct answer "
         f"ranked first {r['serve']['correct_ranked_first']:.0%}",
