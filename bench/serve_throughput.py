@@ -308,6 +308,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNG go")
     p.add_argument("--concurrency", default="1,8,64", help="client counts")
     p.add_argument("--requests", default="8,32,128", help="requests sent at each concurrency (prompt pairs "
                                                             "spread evenly over the rollout pool)")
@@ -362,9 +363,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()], **overhead},
         "total_s": round(time.time() - started, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_throughput.json").write_text(json.dumps(report, indent=2))
-    plot(report, RESULTS / "serve_throughput.png")
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "serve_throughput.json").write_text(json.dumps(report, indent=2))
+    plot(report, results / "serve_throughput.png")
     print(json.dumps(report, indent=2))
     return report
 

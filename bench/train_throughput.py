@@ -205,6 +205,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNG go")
     parser.add_argument("--pairs", type=int, default=96, help="hh-rlhf pairs used (first ones that fit)")
     parser.add_argument("--max-len", type=int, default=384, help="max tokens per sequence")
     parser.add_argument("--pairs-per-step", type=int, default=8)
@@ -220,7 +221,8 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     warmup = 1
-    out_file = RESULTS / "train_throughput.json"
+    results = Path(args.results_dir)
+    out_file = results / "train_throughput.json"
     result = json.loads(out_file.read_text()) if args.only != "all" and out_file.exists() else {}
     result.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch "
                    f"{torch.__version__}", "config": vars(args) | {"warmup_steps": warmup}})
@@ -251,9 +253,9 @@ def main() -> None:
             job = run_job(data_file, args.pack_tokens, args.max_len, args.job_steps, warmup, Path(tmp))
         result["same_packed_rows"] = {"bare": bare, "ray_rm": job}
         result["ray_rm_vs_bare"] = round(job["tokens_per_s"] / bare["tokens_per_s"], 3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "train_throughput.png")
+    plot(result, results / "train_throughput.png")
     print(json.dumps(result, indent=2))
 
 

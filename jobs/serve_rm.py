@@ -10,10 +10,13 @@ cluster/serve_rm.yaml with `serve deploy` instead.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from ray_rm.cli import parse_job_config, run_job
-from ray_rm.serve.app import run_server
-from ray_rm.serve.config import ServeJobConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ray_rm.cli import parse_job_config, run_job  # noqa: E402
+from ray_rm.serve.app import run_server  # noqa: E402
+from ray_rm.serve.config import ServeJobConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -122,6 +122,20 @@ class TrainConfig:
 
 
 @dataclass
+class ScoringOptions:
+    """How the batch jobs (relabel, eval) load and run a reward model on their Ray Data actor pool."""
+
+    model_path: str = opt("", "reward model: an exported ray_rm checkpoint or any HF sequence-classification RM")
+    pack_tokens: int = opt(8192, "token budget of one packed forward pass")
+    actors: int = opt(1, "scoring actors (model replicas) in the Ray Data actor pool")
+    cpus_per_actor: float = opt(1.0, "CPUs reserved per actor; torch uses this many threads (at least 1)")
+    gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
+    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    attn_implementation: str = opt("auto", "auto | varlen | flash_attention_2 | sdpa | eager")
+    progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
+
+
+@dataclass
 class TrainJobConfig:
     output_dir: str = opt("outputs/train", "where the HF checkpoint, summary.json and logs go")
     model: ModelConfig = section(ModelConfig, "backbone and value head")

@@ -54,6 +54,19 @@ def registered_steps(out: Path) -> list[int]:
     return steps
 
 
+def train_processes() -> list[int]:
+    """Pids of live Ray Train controller/worker actor processes (Ray names them ``ray::<Actor>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if cmdline.startswith((b"ray::TrainController", b"ray::RayTrainWorker")):
+            pids.append(int(entry.name))
+    return pids
+
+
 def checkpoint_exists(out: Path, step: int) -> bool:
     return step in registered_steps(out)
 
@@ -70,14 +83,21 @@ def assert_same_as_reference(out: Path, reference):
 
 def test_killed_job_resumes_at_the_next_row(reference, tiny_decoder_dir, tmp_path):
     out = tmp_path / "resumed"
-    cmd = [sys.executable, str(REPO / "jobs" / "train_rm.py"), *tiny_overrides(tiny_decoder_dir, out, **RUN)]
+    schema_defaults = tmp_path / "defaults.yaml"  # like tiny_config: no --config would mean the demo's settings
+    schema_defaults.write_text("{}\n")
+    cmd = [sys.executable, str(REPO / "jobs" / "train_rm.py"), "--config", str(schema_defaults),
+           *tiny_overrides(tiny_decoder_dir, out, **RUN)]
+    earlier = set(train_processes())  # e.g. the reference run's idle controller
     job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         wait_for(lambda: checkpoint_exists(out, 3), what="the first checkpoint")
+        assert set(train_processes()) - earlier  # the helper below really sees the job's actors
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
+    # Ray reaps the dead driver's actors asynchronously; until they are gone they may still write a step
+    wait_for(lambda: not set(train_processes()) - earlier, timeout=120, what="the killed job's actors to exit")
     assert not (out / "hf").exists()  # it really was interrupted
     steps_before = [m["global_step"] for m in read_metrics(out)]
     last_checkpoint = max(registered_steps(out))

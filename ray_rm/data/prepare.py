@@ -6,10 +6,11 @@ returns the kept groups and a ``DropReport`` in which every row read is either k
 from __future__ import annotations
 
 import random
+from typing import Callable, Iterator
 
 from ray_rm.config import ConfigError
 from ray_rm.config_schema import DataConfig
-from ray_rm.data.formats import normalize_row
+from ray_rm.data.formats import PreferenceExample, normalize_row
 from ray_rm.data.quality import DropReport, quality_drop
 from ray_rm.data.sources import ReadTask, read_task_rows
 from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examples
@@ -37,22 +38,36 @@ def check_pack_budget(cfg: DataConfig) -> None:
                         f"({cfg.max_length}) so that any pair fits in one packed row")
 
 
-def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
-                 seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
-    check_choices(cfg)
-    report = DropReport()
-    examples = []
+def drop_or_raise(report: DropReport, exc: DataError, on_error: str) -> None:
+    """Strict mode re-raises a malformed row's error; lenient mode counts it as ``invalid:<field>``."""
+    if on_error == "raise":
+        raise exc
+    report.drop(f"invalid:{exc.field.split('[')[0] or 'row'}", str(exc))
+
+
+def read_examples(task: ReadTask, report: DropReport, on_error: str,
+                  parse: Callable = normalize_row) -> Iterator[PreferenceExample]:
+    """Every row of a task parsed by ``parse`` (normalize_row by default); malformed ones go to ``drop_or_raise``.
+
+    Shared by training, relabeling and evaluation so all three count bad rows the same way."""
     for rowno, raw in read_task_rows(task):
         report.rows_read += 1
         try:
             if isinstance(raw, DataError):
                 raise raw
-            ex = normalize_row(raw, task.source, rowno)
+            example = parse(raw, task.source, rowno)
         except DataError as exc:
-            if cfg.on_error == "raise":
-                raise
-            report.drop(f"invalid:{exc.field.split('[')[0] or 'row'}", str(exc))
+            drop_or_raise(report, exc, on_error)
             continue
+        yield example
+
+
+def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
+                 seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
+    check_choices(cfg)
+    report = DropReport()
+    examples = []
+    for ex in read_examples(task, report, cfg.on_error):
         dropped = quality_drop(ex, drop_identical=cfg.drop_identical,
                                drop_score_disagreement=cfg.drop_score_disagreement,
                                min_response_chars=cfg.min_response_chars, max_similarity=cfg.max_similarity)

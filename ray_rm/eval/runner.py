@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ray_rm.data.formats import normalize_row
+from ray_rm.data.prepare import read_examples
 from ray_rm.data.quality import DropReport
-from ray_rm.data.sources import ReadTask, plan_read_tasks, read_task_rows
+from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError, UserError
 from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
@@ -28,17 +28,7 @@ log = logging.getLogger(__name__)
 def score_task(task: ReadTask, scorer, on_error: str) -> tuple[list[ScoredExample], DropReport]:
     """Read, normalize and score one task's rows; malformed and unusable rows are counted, not scored."""
     report, examples = DropReport(), []
-    for rowno, raw in read_task_rows(task):
-        report.rows_read += 1
-        try:
-            if isinstance(raw, DataError):
-                raise raw
-            ex = normalize_row(raw, task.source, rowno)
-        except DataError as exc:
-            if on_error == "raise":
-                raise
-            report.drop(f"invalid:{exc.field.split('[')[0] or 'row'}", str(exc))
-            continue
+    for ex in read_examples(task, report, on_error):
         if len(set(ex.ranks)) == 1:
             report.drop("no_preference", f"{ex.example_id}: all {len(ex.ranks)} responses are tied")
             continue

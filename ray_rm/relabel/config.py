@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ray_rm.config_schema import RayConfig, opt, section
+from ray_rm.config_schema import RayConfig, ScoringOptions, opt, section
 
 MODES = ("pairs-from-candidates", "rejudge", "best-of-n")
 PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "all_pairs")
@@ -11,8 +11,7 @@ DISAGREE_POLICIES = ("keep", "swap", "drop")
 
 
 @dataclass
-class RelabelConfig:
-    model_path: str = opt("", "reward model: an exported ray_rm checkpoint or any HF sequence-classification RM")
+class RelabelConfig(ScoringOptions):
     mode: str = opt("pairs-from-candidates", "pairs-from-candidates ({prompt, responses} -> DPO pairs) | rejudge "
                                              "({prompt?, chosen, rejected} -> scores + agree) | best-of-n")
     input_files: list = opt([], "input rows: JSONL / JSON / Parquet files, folders, save_to_disk folders, hf://")
@@ -29,13 +28,6 @@ class RelabelConfig:
     overwrite: bool = opt(False, "start over in a non-empty output_dir instead of resuming it")
     rows_per_task: int = opt(256, "input rows per task: the unit of scheduling, output files and resume")
     limit: int = opt(0, "use only the first N rows of each source (0 = all)")
-    pack_tokens: int = opt(8192, "token budget of one packed forward pass")
-    actors: int = opt(1, "scoring actors (model replicas) in the Ray Data actor pool")
-    cpus_per_actor: float = opt(1.0, "CPUs reserved per actor; torch uses this many threads (at least 1)")
-    gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
-    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
-    attn_implementation: str = opt("auto", "auto | varlen | flash_attention_2 | sdpa | eager")
-    progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
     debug_kill_after_tasks: int = opt(0, "testing only: SIGKILL the driver after N tasks finish in this run, "
                                          "to exercise resume after a crash (0 = off)")
 

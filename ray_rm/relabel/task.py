@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_rm.data.formats import PreferenceExample, normalize_candidates, normalize_row
+from ray_rm.data.prepare import read_examples
 from ray_rm.data.quality import DropReport
-from ray_rm.data.sources import ReadTask, read_task_rows
+from ray_rm.data.sources import ReadTask
 from ray_rm.errors import DataError
 from ray_rm.relabel import select
 from ray_rm.relabel.config import RelabelConfig
@@ -61,30 +62,23 @@ class TaskOutput:
     timing: dict = field(default_factory=dict)
 
 
-def _drop_or_raise(report: DropReport, exc: DataError, on_error: str) -> None:
-    if on_error == "raise":
-        raise exc
-    report.drop(f"invalid:{exc.field.split('[')[0] or 'row'}", str(exc))
-
-
 def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
     """Read, parse, score and select one task's rows; every row read is kept or dropped with a reason."""
     out = TaskOutput()
     examples: list[PreferenceExample] = []
     chat = None
-    for rowno, raw in read_task_rows(task):
-        out.report.rows_read += 1
-        try:
-            ex = parse_row(raw, task.source, rowno, cfg.mode)
-            if chat is None:
-                chat = ex.is_chat
-            elif ex.is_chat != chat:  # one part file has one schema
-                raise DataError("mixes text and message-list rows in one file; split them into separate files",
-                                task.source, rowno, "responses")
-        except DataError as exc:
-            _drop_or_raise(out.report, exc, cfg.on_error)
-            continue
-        examples.append(ex)
+
+    def parse(raw, source: str, rowno: int) -> PreferenceExample:
+        nonlocal chat
+        ex = parse_row(raw, source, rowno, cfg.mode)
+        if chat is None:
+            chat = ex.is_chat
+        elif ex.is_chat != chat:  # one part file has one schema
+            raise DataError("mixes text and message-list rows in one file; split them into separate files",
+                            source, rowno, "responses")
+        return ex
+
+    examples.extend(read_examples(task, out.report, cfg.on_error, parse))
     out.chat = bool(chat)
     scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)

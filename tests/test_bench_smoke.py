@@ -1,0 +1,39 @@
+"""The README's benchmark commands still run (tiny sizes, results in a temp dir). No timing is asserted:
+speed targets live in the benchmarks' own JSON, not in tests."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--results-dir", str(out), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / f"{script}.png").stat().st_size > 5_000
+    return json.loads((out / f"{script}.json").read_text())
+
+
+def test_train_throughput_bench_runs(tmp_path):
+    result = run_bench("train_throughput", tmp_path, "--pairs", "8", "--pairs-per-step", "4", "--steps", "2",
+                       "--max-len", "128", "--pack-tokens", "512", "--job-steps", "2")
+    same = result["same_pairs_per_step"]
+    assert {"padded", "packed", "shared"} <= set(same) and all(v["pairs_per_s"] > 0 for v in same.values())
+    assert result["same_packed_rows"]["ray_rm"]["steps"] == 1 and result["ray_rm_vs_bare"] > 0
+
+
+def test_serve_throughput_bench_runs(tmp_path):
+    result = run_bench("serve_throughput", tmp_path, "--concurrency", "1,2", "--requests", "2,4")
+    assert json.dumps(result).count("requests_per_s") >= 4
+
+
+def test_relabel_throughput_bench_runs(tmp_path):
+    result = run_bench("relabel_throughput", tmp_path, "--rows", "4", "--rows-per-task", "2", "--repeats", "1")
+    assert "bare" in json.dumps(result)
