@@ -230,6 +230,9 @@ def main() -> None:
         groups, tokenizer = load_groups(args.pairs, args.max_len)
         k = args.pairs_per_step
         chunks = [groups[i:i + k] for i in range(0, len(groups) - k + 1, k)][:args.steps]
+        if len(chunks) <= warmup:
+            parser.error(f"only {len(groups)} pairs fit in --max-len {args.max_len}: {len(chunks)} step(s) of "
+                         f"{k} pairs, need more than {warmup} warmup step; raise --pairs or --max-len")
         same = {"padded": run_padded(groups, tokenizer, chunks, warmup)}
         same["padded"]["peak_rss_gb_so_far"] = round(peak_rss_gb(), 2)
         same["packed"] = run_packed(chunks, False, warmup)

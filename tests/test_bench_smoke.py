@@ -23,7 +23,7 @@ def run_bench(script: str, out: Path, *args: str) -> dict:
 
 def test_train_throughput_bench_runs(tmp_path):
     result = run_bench("train_throughput", tmp_path, "--pairs", "8", "--pairs-per-step", "4", "--steps", "2",
-                       "--max-len", "128", "--pack-tokens", "512", "--job-steps", "2")
+                       "--max-len", "256", "--pack-tokens", "512", "--job-steps", "2")
     same = result["same_pairs_per_step"]
     assert {"padded", "packed", "shared"} <= set(same) and all(v["pairs_per_s"] > 0 for v in same.values())
     assert result["same_packed_rows"]["ray_rm"]["steps"] == 1 and result["ray_rm_vs_bare"] > 0
