@@ -167,6 +167,7 @@ class PreparedData:
 
 def materialize(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> PreparedData:
     """Run the pipeline once on the cluster; the driver learns the drop report and exact sizes."""
+    from ray.data.expressions import col
     from ray.exceptions import RayError
 
     try:
@@ -176,11 +177,11 @@ def materialize(files: list[str], data_cfg: DataConfig, settings: PackSettings) 
         if user_error is None:
             raise
         raise user_error from None
-    reports = ds.filter(expr="kind == 'report'").select_columns(["report_json"]).take_all()
+    reports = ds.filter(expr=col("kind") == "report").select_columns(["report_json"]).take_all()
     report = DropReport()
     for r in reports:
         report.merge(DropReport.from_dict(json.loads(r["report_json"])))
-    packed = ds.filter(expr="kind == 'packed'").materialize()
+    packed = ds.filter(expr=col("kind") == "packed").materialize()
     sizes = packed.select_columns(["group_sizes", "seq_lens", "group_prefix_lens"]).take_all()
     num_tokens = sum(sum(r["seq_lens"]) + sum(r["group_prefix_lens"]) for r in sizes)
     return PreparedData(packed, report, len(sizes), sum(len(r["group_sizes"]) for r in sizes), num_tokens)
