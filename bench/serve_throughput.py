@@ -185,20 +185,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, timeout_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become healthy")
-
-
 class Servers:
     """Both servers up at once, so rounds can alternate between them (see ``measure``)."""
 
@@ -206,6 +192,7 @@ class Servers:
         import ray
 
         from ray_rm.serve.app import deploy, url_of
+        from ray_rm.serve.client import wait_until_healthy
         from ray_rm.serve.config import ServeConfig
 
         port = free_port()
@@ -220,7 +207,7 @@ class Servers:
                                torch_threads=per_replica, batch_tokens=batch_tokens, pack_tokens=pack_tokens)
         deploy(self.cfg)
         self.urls["ray_rm"] = url_of(self.cfg)
-        wait_healthy(self.urls["baseline"])
+        wait_until_healthy(self.urls["baseline"])
 
     def close(self) -> None:
         import ray

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ray_rm.serve.client import RewardServerUnavailable, wait_until_healthy
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -59,17 +61,10 @@ def test_serve_job_serves_with_token_and_stops_cleanly_on_sigterm(exported_tiny_
                              "ray.address=local", "ray.num_cpus=2"], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 150
-        while time.time() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the server did not become healthy")
+        try:
+            wait_until_healthy(url, timeout_s=150, still_starting=lambda: proc.poll() is None)
+        except RewardServerUnavailable as exc:
+            pytest.fail(f"{exc}\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
         external = _external_ip()
         if external:  # default bind is 127.0.0.1: the port is closed on the machine's other addresses
             with pytest.raises(httpx.ConnectError):

@@ -315,3 +315,17 @@ def test_cluster_serve_config_is_a_valid_serve_deploy_file(exported_tiny_rm):
     with pytest.raises(ConfigError, match="serve.model_pth"):
         app_builder({"serve": {"model_pth": "x"}})
     assert math.isfinite(ServeConfig().ensemble_penalty)
+
+
+def test_wait_until_healthy_stops_when_the_server_process_is_gone_or_never_answers():
+    import socket
+
+    from ray_rm.serve.client import RewardServerUnavailable, wait_until_healthy
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(RewardServerUnavailable, match="stopped before"):
+        wait_until_healthy(url, timeout_s=60, still_starting=lambda: False)
+    with pytest.raises(RewardServerUnavailable, match="did not become healthy"):
+        wait_until_healthy(url, timeout_s=0.2)

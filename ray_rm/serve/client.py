@@ -225,6 +225,29 @@ async def _await(response):
     return await response
 
 
+def wait_until_healthy(url: str, timeout_s: float = 300.0, still_starting=None) -> None:
+    """Block until ``GET {url}/healthz`` answers 200: a PPO launcher starts the server, then its actors.
+
+    ``still_starting`` (optional) is called each poll; returning False (e.g. the server process exited)
+    aborts at once instead of waiting out the timeout.
+    """
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if still_starting is not None and not still_starting():
+            raise RewardServerUnavailable(f"{url}: the server stopped before it became healthy")
+        try:
+            if httpx.get(f"{url.rstrip('/')}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RewardServerUnavailable(f"{url} did not become healthy within {timeout_s:.0f} s")
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
