@@ -45,7 +45,7 @@ def export_bench_model() -> str:
         model = build_reward_model(ModelConfig(name_or_path="smollm2-135m-instruct"), seed=0)
         tmp = out.with_name(out.name + ".tmp")
         export_hf(model, resolve_model_path("smollm2-135m-instruct"), tmp,
-                  {"append_eos": True, "chat_template": "auto", "max_length": 1024, "reward_mean": 0.0,
+                  {"chat_template": "auto", "max_length": 1024, "reward_mean": 0.0,
                    "reward_std": 1.0})
         os.replace(tmp, out)
     return str(out)

@@ -45,7 +45,7 @@ def ensure_model(path: Path = MODEL_DIR) -> str:
 
         model = build_reward_model(ModelConfig(name_or_path="smollm2-135m-instruct"), seed=0)
         export_hf(model, resolve_model_path("smollm2-135m-instruct"), path,
-                  {"append_eos": True, "chat_template": "auto", "max_length": 2048,
+                  {"chat_template": "auto", "max_length": 2048,
                    "reward_mean": 0.0, "reward_std": 1.0})
     return str(path)
 

@@ -49,7 +49,7 @@ def load_groups(pairs: int, max_len: int):
     from ray_rm.data.sources import plan_read_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=4 * max_len, limit=pairs * 2)
-    encoder = make_encoder("smollm2-135m-instruct", cfg, False)
+    encoder = make_encoder("smollm2-135m-instruct", cfg)
     groups = []
     for task in plan_read_tasks([str(HH_TRAIN)], 10_000, cfg.limit):
         groups += process_task(task, encoder, cfg, share_prompt=True)[0]
@@ -145,7 +145,7 @@ def job_rows(data_file: Path, pack_tokens: int, max_len: int):
     from ray_rm.data.pipeline import PackSettings, direct_packed_rows
 
     cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens)
-    rows, _ = direct_packed_rows([str(data_file)], cfg, PackSettings("smollm2-135m-instruct", True, False, 42))
+    rows, _ = direct_packed_rows([str(data_file)], cfg, PackSettings("smollm2-135m-instruct", True, 42))
     return rows, cfg
 
 

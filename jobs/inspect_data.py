@@ -27,19 +27,21 @@ def _options(parser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="shuffle as training does with this seed (default: file order)")
     parser.add_argument("--encoder", action="store_true",
-                        help="the tokenizer is an encoder's: no EOS appended, no prompt sharing")
+                        help="the tokenizer is an encoder's: no prompt sharing")
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_job_args(InspectDataConfig, argv, __doc__, add_arguments=_options)
     from ray_rm.data.pipeline import make_encoder
+    from ray_rm.data.prepare import resolve_max_length
     from ray_rm.data.sources import expand_sources
     from ray_rm.data.stats import data_stats, format_stats
 
     files = args.data or cfg.data.train_files
     expand_sources(files)  # a mistyped path fails before the tokenizer loads
-    encoder = make_encoder(args.tokenizer, cfg.data, args.encoder)
-    stats = data_stats(files, cfg.data, encoder, share_prompt=cfg.data.share_prompt and not args.encoder,
+    encoder = make_encoder(args.tokenizer, cfg.data)
+    data_cfg = resolve_max_length(cfg.data, args.tokenizer)
+    stats = data_stats(files, data_cfg, encoder, share_prompt=cfg.data.share_prompt and not args.encoder,
                        seed=args.seed)
     stats["tokenizer"] = args.tokenizer
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))

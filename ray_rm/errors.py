@@ -14,3 +14,7 @@ class DataError(UserError):
         where = ", ".join(p for p in (
             source or "", f"row {row}" if row is not None else "", f"field '{field}'" if field else "") if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ExportCheckError(UserError):
+    """An exported checkpoint gives a consumer a different reward than ray_rm (see model/export_check.py)."""

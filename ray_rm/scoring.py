@@ -43,9 +43,10 @@ class RewardScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         meta = getattr(self.model.config, "ray_rm", None) or {}
         self.meta = meta
+        # checkpoints exported before the "no hidden tokens" contract were trained with EOS appended
         self.encoder = SequenceEncoder(self.tokenizer, chat_template=meta.get("chat_template", "auto"),
-                                       append_eos=meta.get("append_eos", True),
-                                       is_encoder=self.model.kind == "encoder")
+                                       legacy_append_eos=bool(meta.get("append_eos", False))
+                                       and self.model.kind == "decoder")
         self.stats = RewardStats(float(meta.get("reward_mean", 0.0)), float(meta.get("reward_std", 1.0)))
         self.pack_tokens = pack_tokens
         self.max_length = min(int(meta.get("max_length", pack_tokens)), pack_tokens)
@@ -72,20 +73,25 @@ class RewardScorer:
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def score_groups(self, groups: list[list[list[int]]]) -> list[list[float]]:
-        """Rewards for groups of sequences (e.g. the k responses of one prompt), in input order."""
-        tgroups = []
+        """Rewards for groups of sequences (e.g. the k responses of one prompt), in input order.
+
+        Identical sequences of a group are scored once, so they get bitwise-equal rewards (relabeling
+        decides ties by equality; two copies in different attention buckets can differ by ~1e-7)."""
+        tgroups, copies = [], []
         for gi, seqs in enumerate(groups):
             self.check_ids(seqs)
-            tgroups.append(TokenizedGroup(str(gi), [list(s) for s in seqs], [0] * len(seqs),
-                                          common_prefix_len(seqs) if len(seqs) > 1 else 0,
-                                          math.nan, [math.nan] * len(seqs)))
+            distinct = list(dict.fromkeys(tuple(s) for s in seqs))
+            copies.append([distinct.index(tuple(s)) for s in seqs])
+            tgroups.append(TokenizedGroup(str(gi), [list(s) for s in distinct], [0] * len(distinct),
+                                          common_prefix_len(distinct) if len(distinct) > 1 else 0,
+                                          math.nan, [math.nan] * len(distinct)))
         out: list[list[float]] = [[] for _ in groups]
         budget = max(self.pack_tokens, max((g.num_tokens(self.share_prompt) for g in tgroups), default=1))
         for row in pack_groups(tgroups, budget, self.share_prompt, window=len(tgroups) or 1):
             rewards = self.model(collate_row(row, pad_token_id=self.pad_token_id).to(self.device)).rewards.tolist()
             k = 0
             for gid, size in zip(row.group_ids, row.group_sizes):
-                out[int(gid)] = rewards[k:k + size]
+                out[int(gid)] = [rewards[k + j] for j in copies[int(gid)]]
                 k += size
         return out
 

@@ -93,7 +93,7 @@ def exported_tiny_rm(tmp_path_factory, tiny_decoder_dir) -> str:
 
     model = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir), seed=5)
     out = tmp_path_factory.mktemp("exported_rm") / "hf"
-    export_hf(model, tiny_decoder_dir, out, {"append_eos": True, "chat_template": "auto", "max_length": 1024,
+    export_hf(model, tiny_decoder_dir, out, {"chat_template": "auto", "max_length": 1024,
                                               "reward_mean": 0.25, "reward_std": 2.0})
     return str(out)
 

@@ -54,12 +54,9 @@ def report(ray_local, tmp_path_factory, eval_file, exported_tiny_rm):
 def _hf_reward(model, tokenizer, messages_or_text) -> float:
     """How a TRL-style consumer scores: the checkpoint's own rules, one unpadded sequence per forward."""
     if isinstance(messages_or_text, list):
-        text = tokenizer.apply_chat_template(messages_or_text, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer.apply_chat_template(messages_or_text, tokenize=True)["input_ids"]
     else:
         ids = tokenizer(messages_or_text)["input_ids"]
-        if ids[-1] != tokenizer.eos_token_id:
-            ids = ids + [tokenizer.eos_token_id]
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
 
@@ -146,3 +143,43 @@ def test_report_files(report):
     assert html.count("data:image/png;base64,") == 3 and "RewardBench-style sections" in html
     for name in ("reliability.png", "reward_histogram.png", "length_buckets.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_pair_is_scored_over_length_ones_left_truncated_and_counted(ray_local, tmp_path, exported_tiny_rm,
+                                                                         capsys):
+    """With a 256-token limit many HH pairs are too long: all are still scored (their last 256 tokens, where
+    the reward is read), the report counts them, and the job ends with a WARNING; eval.overlength=drop
+    drops exactly those pairs instead, counted."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ray_rm.eval.runner import run_eval
+
+    limit, n = 256, 40
+    rows = [json.loads(line) for line in HH_TEST.read_text().splitlines()[:n]]
+    tok = AutoTokenizer.from_pretrained(exported_tiny_rm)
+    ids = [[tok(r[k])["input_ids"] for k in ("chosen", "rejected")] for r in rows]
+    long = [i for i, seqs in enumerate(ids) if max(map(len, seqs)) > limit]
+    assert 0.05 * n < len(long) < n
+
+    def run(*extra):
+        job = load_config(EvalJobConfig, None, [f"eval.model_path={exported_tiny_rm}", f"data.eval_files={HH_TEST}",
+                                                f"data.limit={n}", f"eval.pack_tokens={limit}", "eval.progress=false",
+                                                f"output_dir={tmp_path / str(len(extra))}", *extra])
+        return run_eval(job)
+
+    rep = run()
+    assert rep["metrics"]["num_pairs"] == n and rep["drops"]["rows_dropped"] == 0
+    assert rep["truncated"]["examples"] == len(long)
+    assert "WARNING eval data: 40 of 40 rows used, 0 dropped" in capsys.readouterr().out
+    scores = pq.read_table(tmp_path / "0" / "scores.parquet").to_pylist()
+    assert [i for i, s in enumerate(scores) if s["truncated"]] == long
+    model = AutoModelForSequenceClassification.from_pretrained(exported_tiny_rm).eval()
+    first = long[0]
+    with torch.no_grad():
+        want = [model(input_ids=torch.tensor([seq[-limit:]])).logits[0, 0].item() for seq in ids[first]]
+    np.testing.assert_allclose(scores[first]["rewards"], want, atol=1e-4)
+    assert scores[first]["lengths"] == [len(s) for s in ids[first]]  # the untruncated lengths
+
+    dropped = run("eval.overlength=drop")
+    assert dropped["metrics"]["num_pairs"] == n - len(long)
+    assert dropped["drops"]["dropped"] == {"over_length": len(long)} and dropped["truncated"]["examples"] == 0

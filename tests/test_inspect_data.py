@@ -36,7 +36,7 @@ def extra_file(tmp_path_factory):
 
 
 def reference(tokenizer_dir: str, extra_file, max_length: int) -> dict:
-    """The same figures, computed independently: every pair is two plain-text sequences + EOS."""
+    """The same figures, computed independently: every pair is two plain-text sequences, tokenized as given."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -45,7 +45,7 @@ def reference(tokenizer_dir: str, extra_file, max_length: int) -> dict:
     dropped = Counter({"invalid:rejected": 1, "identical": 1})
     pairs = []
     for chosen, rejected in texts:
-        seqs = [tok(t)["input_ids"] + [tok.eos_token_id] for t in (chosen, rejected)]
+        seqs = [tok(t)["input_ids"] for t in (chosen, rejected)]
         if max(map(len, seqs)) > max_length:
             dropped["over_length"] += 1
         else:

@@ -40,7 +40,7 @@ def second_rm(tmp_path_factory, tiny_decoder_dir) -> str:
 
     model = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir), seed=11)
     out = tmp_path_factory.mktemp("exported_rm_b") / "hf"
-    export_hf(model, tiny_decoder_dir, out, {"append_eos": True, "chat_template": "auto", "max_length": 1024,
+    export_hf(model, tiny_decoder_dir, out, {"chat_template": "auto", "max_length": 1024,
                                               "reward_mean": -1.0, "reward_std": 0.5})
     return str(out)
 
@@ -58,9 +58,8 @@ class Reference:
 
     def ids(self, x) -> list[int]:
         if isinstance(x, str):
-            ids = self.tok(x)["input_ids"]
-            return ids if ids[-1] == self.tok.eos_token_id else ids + [self.tok.eos_token_id]
-        return self.tok(self.tok.apply_chat_template(x, tokenize=False), add_special_tokens=False)["input_ids"]
+            return self.tok(x)["input_ids"]
+        return self.tok.apply_chat_template(x, tokenize=True)["input_ids"]
 
     def __call__(self, xs: list) -> list[float]:
         with self.torch.no_grad():

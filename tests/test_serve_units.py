@@ -201,10 +201,8 @@ def _reference(model_dir: str, texts_or_chats: list) -> list[float]:
     for x in texts_or_chats:
         if isinstance(x, str):
             ids = tok(x)["input_ids"]
-            if ids[-1] != tok.eos_token_id:
-                ids = ids + [tok.eos_token_id]
         else:
-            ids = tok(tok.apply_chat_template(x, tokenize=False), add_special_tokens=False)["input_ids"]
+            ids = tok.apply_chat_template(x, tokenize=True)["input_ids"]
         with torch.no_grad():
             out.append(model(torch.tensor([ids])).logits[0, 0].item())
     return out
@@ -248,7 +246,7 @@ def test_engine_truncate_left_keeps_the_reward_token(exported_tiny_rm):
     out = asyncio.run(engine.score(parse_score_request({"inputs": [{"text": text}]}, 8)))
     engine.close()
     tok = AutoTokenizer.from_pretrained(exported_tiny_rm)
-    ids = (tok(text)["input_ids"] + [tok.eos_token_id])[-1024:]
+    ids = tok(text)["input_ids"][-1024:]
     model = AutoModelForSequenceClassification.from_pretrained(exported_tiny_rm).eval()
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0, 0].item()

@@ -48,7 +48,7 @@ def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, ti
         theirs = clf(**batch).logits[:, 0].tolist()
     assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-4
     meta = clf.config.ray_rm
-    assert meta["reward_std"] > 0 and meta["append_eos"] is True
+    assert meta["reward_std"] > 0 and meta["contract"] == "no_hidden_tokens" and "append_eos" not in meta
 
 
 def test_lora_checkpoint_holds_the_value_head_and_export_merges(ray_local, tiny_decoder_dir, tmp_path):

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ray_rm.config_schema import DataConfig
 from ray_rm.data.packer import PackedRow, pack_groups
-from ray_rm.data.prepare import check_pack_budget, process_task
+from ray_rm.data.prepare import check_pack_budget, process_task, resolve_max_length
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError
@@ -41,7 +41,6 @@ class PackSettings:
 
     tokenizer_path: str
     share_prompt: bool
-    is_encoder: bool = False
     seed: int | None = None
 
 
@@ -68,15 +67,14 @@ def row_from_record(rec: dict) -> PackedRow:
     return PackedRow.from_record(rec)
 
 
-def make_encoder(tokenizer_path: str, data_cfg: DataConfig, is_encoder: bool):
+def make_encoder(tokenizer_path: str, data_cfg: DataConfig):
     from transformers import AutoTokenizer
 
     from ray_rm.assets import resolve_model_path
     from ray_rm.data.tokenize import SequenceEncoder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer_path))
-    return SequenceEncoder(tokenizer, chat_template=data_cfg.chat_template, append_eos=data_cfg.append_eos,
-                           is_encoder=is_encoder)
+    return SequenceEncoder(tokenizer, chat_template=data_cfg.chat_template)
 
 
 def prepare_and_pack(task: ReadTask, task_index: int, encoder, data_cfg: DataConfig,
@@ -92,7 +90,7 @@ class PrepareAndPack:
 
     def __init__(self, data_cfg: DataConfig, settings: PackSettings):
         self.data_cfg, self.settings = data_cfg, settings
-        self.encoder = make_encoder(settings.tokenizer_path, data_cfg, settings.is_encoder)
+        self.encoder = make_encoder(settings.tokenizer_path, data_cfg)
 
     def __call__(self, batch: dict) -> pa.Table:
         tables = []
@@ -116,6 +114,7 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     from ray.data import ActorPoolStrategy, DataContext
 
     check_pack_budget(data_cfg)
+    data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
     items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
@@ -130,7 +129,8 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
 def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> tuple[list[PackedRow], DropReport]:
     """What the pipeline yields, computed without Ray (the reference in tests and for small tools)."""
     check_pack_budget(data_cfg)
-    encoder = make_encoder(settings.tokenizer_path, data_cfg, settings.is_encoder)
+    data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
+    encoder = make_encoder(settings.tokenizer_path, data_cfg)
     rows, report = [], DropReport()
     for i, task in enumerate(ordered_tasks(files, data_cfg, settings.seed)):
         groups, rep = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)

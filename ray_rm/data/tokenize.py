@@ -1,12 +1,15 @@
 """Turn canonical examples into token ids exactly as training, serving and relabeling must agree.
 
-Rules (also written into the exported checkpoint so consumers can reproduce them):
-  * conversational content gets the tokenizer's chat template (``chat_template=auto``), tokenized
-    without extra special tokens; the reward is read at the template output's last token;
-  * plain text is tokenized with the model's special tokens, plus EOS when it does not end with one
-    (decoders, ``append_eos``), and the reward is read at that EOS.
-The reward position is always "the last token of the sequence", recorded explicitly by the packer,
-never inferred from pad ids (pad == eos silently gives chance accuracy: TRL #2758).
+The contract is "no hidden tokens": a sequence is exactly what a consumer's ordinary call produces,
+  * plain text (or prompt + response concatenated as text): ``tokenizer(text)`` (special tokens on);
+  * conversations: ``tokenizer.apply_chat_template(messages, tokenize=True)``, i.e. the templated text
+    tokenized with ``add_special_tokens=False`` (the template writes its own BOS: never a double BOS);
+and the reward is read at that sequence's last token (decoders) or first token (encoders, [CLS]).
+Nothing is appended, so TRL, vLLM/verl, OpenRLHF and plain transformers score the trained token
+(``ray_rm/model/export_check.py`` verifies it for every export). The reward position is recorded
+explicitly by the packer, never inferred from pad ids (pad == eos silently gives chance accuracy: TRL #2758).
+This module must not add, strip or reorder tokens beyond those two calls (only the left truncation
+of over-length sequences, which keeps the reward token).
 """
 from __future__ import annotations
 
@@ -51,15 +54,18 @@ def _render_plain(messages: tuple) -> str:
 
 
 class SequenceEncoder:
-    """Text or chat messages -> token ids, with the reward token last."""
+    """Text or chat messages -> token ids under the "no hidden tokens" contract (module docstring).
 
-    def __init__(self, tokenizer, *, chat_template: str = "auto", append_eos: bool = True,
-                 is_encoder: bool = False):
+    ``legacy_append_eos`` exists only to keep scoring checkpoints exported before the contract (their
+    ``config.json`` says ``ray_rm.append_eos: true``) the way they were trained; training never sets it.
+    """
+
+    def __init__(self, tokenizer, *, chat_template: str = "auto", legacy_append_eos: bool = False):
         if chat_template not in ("auto", "always", "never"):
             raise ValueError(f"chat_template must be auto, always or never, got {chat_template!r}")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
-        self.append_eos = append_eos and not is_encoder
+        self.legacy_append_eos = legacy_append_eos
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self.eos_id = tokenizer.eos_token_id
 
@@ -78,7 +84,8 @@ class SequenceEncoder:
         return prompt + response, False
 
     def encode_rendered(self, items: list[tuple[str, bool]]) -> list[list[int]]:
-        """Tokenize rendered strings in two batched calls (templated / plain)."""
+        """Tokenize rendered strings in two batched calls: templated text without special tokens (the
+        template holds them, as ``apply_chat_template(tokenize=True)`` does), plain text with them."""
         out: list = [None] * len(items)
         for templated in (True, False):
             idx = [i for i, (_, t) in enumerate(items) if t == templated]
@@ -87,7 +94,8 @@ class SequenceEncoder:
             enc = self.tokenizer([items[i][0] for i in idx], add_special_tokens=not templated)["input_ids"]
             for i, ids in zip(idx, enc):
                 ids = list(ids)
-                if not templated and self.append_eos and self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+                if not templated and self.legacy_append_eos and self.eos_id is not None \
+                        and (not ids or ids[-1] != self.eos_id):
                     ids.append(self.eos_id)
                 out[i] = ids
         return out
