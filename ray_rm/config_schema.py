@@ -58,17 +58,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_files: list = opt([], "training data: JSONL / Parquet files, directories, save_to_disk folders, hf:// "
-                                "hub names, or 'builtin:verifiable' (the shipped demo set)")
+    train_files: list = opt(["builtin:verifiable"],
+                            "training data: JSONL / Parquet files, directories, save_to_disk folders, hf:// hub "
+                            "names, or 'builtin:verifiable' (the shipped set of checkable questions)")
     eval_files: list = opt([], "evaluation data (same forms as train_files; 'builtin:verifiable-eval')")
-    max_length: int = opt(1024, "max tokens per sequence (prompt + response)")
+    max_length: int = opt(0, "max tokens per sequence (prompt + response); 0 = auto: min(the model's context "
+                             "length, data.pack_tokens // 2), resolved once and recorded in the export")
     overlength: str = opt("drop", "sequences over max_length: drop (counted) | truncate_left (keep the end)")
     pack_tokens: int = opt(4096, "token budget of one packed row (one micro-batch per worker)")
     pack_window: int = opt(512, "pairs the packer looks ahead over (first-fit-decreasing within the window)")
     share_prompt: bool = opt(True, "pack a pair as [prompt|chosen|rejected] so the prompt is computed once")
     chat_template: str = opt("auto", "auto (conversational rows get the template, text rows are used as given) "
                                      "| always | never")
-    append_eos: bool = opt(True, "append EOS to plain-text sequences that lack it (the reward is read there)")
     on_error: str = opt("drop", "malformed rows: drop (counted in the drop report) | raise")
     drop_identical: bool = opt(True, "drop pairs whose chosen and rejected are identical")
     drop_score_disagreement: bool = opt(True, "drop pairs whose score_chosen <= score_rejected")

@@ -37,3 +37,9 @@ def test_serve_throughput_bench_runs(tmp_path):
 def test_relabel_throughput_bench_runs(tmp_path):
     result = run_bench("relabel_throughput", tmp_path, "--rows", "4", "--rows-per-task", "2", "--repeats", "1")
     assert "bare" in json.dumps(result)
+
+
+def test_sp_uneven_heads_bench_runs(tmp_path):
+    result = run_bench("sp_uneven_heads", tmp_path, "--tokens", "256", "--segment", "64", "--repeats", "1")
+    assert set(result["configs"]) == {"8h/8kv", "9h/9kv", "10h/10kv", "9h/3kv"}
+    assert result["configs"]["9h/9kv"]["heads_per_rank"] == [5, 4] and result["ideal_extra_uneven"] > 0

@@ -42,20 +42,21 @@ def yaml_file(tmp_path):
 def test_defaults_come_from_the_dataclasses():
     cfg = load_config(TrainJobConfig)
     assert cfg == TrainJobConfig()
-    assert cfg.data.pack_tokens == 4096 and cfg.data.train_files == []
+    assert cfg.data.pack_tokens == 4096 and cfg.data.train_files == ["builtin:verifiable"]
+    assert cfg.data.max_length == 0  # auto: resolved from the model by ray_rm.data.pipeline.resolve_max_length
 
 
 def test_yaml_and_dotted_overrides(yaml_file):
     cfg = load_config(TrainJobConfig, str(yaml_file),
                       ["train.lr=1e-5", "data.train_files=x.jsonl,y.jsonl", "train.num_workers=4",
-                       "model.dtype=float32", "data.max_similarity=0.9", "data.append_eos=false"])
+                       "model.dtype=float32", "data.max_similarity=0.9", "data.shuffle=false"])
     assert cfg.output_dir == "runs/x"
     assert cfg.data.pack_tokens == 2048 and cfg.data.share_prompt is False
     assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)  # the override wins over the file
     assert cfg.train.seed == 7 and cfg.train.loss == "margin"
     assert cfg.data.train_files == ["x.jsonl", "y.jsonl"]
     assert cfg.train.num_workers == 4 and cfg.model.kind == "decoder" and cfg.model.dtype == "float32"
-    assert cfg.data.max_similarity == 0.9 and cfg.data.append_eos is False
+    assert cfg.data.max_similarity == 0.9 and cfg.data.shuffle is False
     # untouched keys keep their defaults
     assert cfg.data.max_length == DataConfig().max_length
 

@@ -170,13 +170,14 @@ def hh_groups(smollm2_dir):
     from transformers import AutoTokenizer
 
     from ray_rm.config_schema import DataConfig
+    from ray_rm.data.prepare import resolve_max_length
     from ray_rm.data.prepare import process_task
     from ray_rm.data.sources import plan_read_tasks
     from ray_rm.data.tokenize import SequenceEncoder
 
     encoder = SequenceEncoder(AutoTokenizer.from_pretrained(smollm2_dir))
     (task,) = plan_read_tasks([str(HH_TRAIN)], rows_per_task=2000)
-    groups, report = process_task(task, encoder, DataConfig(), share_prompt=True)
+    groups, report = process_task(task, encoder, resolve_max_length(DataConfig(), smollm2_dir), share_prompt=True)
     assert report.rows_read == 1600 and len(groups) == 1600
     return groups
 

@@ -115,3 +115,17 @@ def test_no_seed_keeps_file_order(files, smollm2_dir):
     first_task = [int(g.rsplit(":", 1)[1]) for g in ids if int(g.rsplit(":", 1)[1]) <= 64]
     assert sorted(first_task) == list(range(1, 65))  # task 1 (rows 1-64) is packed before task 2
     assert all(int(g.rsplit(":", 1)[1]) <= 64 for g in ids[:len(first_task)])
+
+
+def test_hh_rlhf_with_default_settings_keeps_every_pair(smollm2_dir):
+    """Defaults fit real data: data.max_length=0 (auto) resolves to min(8192, 4096 // 2) for SmolLM2 and
+    HH-RLHF's 1600 training pairs (longest sequence 996 tokens) are all kept."""
+    from conftest import HH_TRAIN
+    from ray_rm.data.prepare import resolve_max_length
+
+    assert DataConfig().max_length == 0
+    assert resolve_max_length(DataConfig(), smollm2_dir).max_length == 2048
+    assert resolve_max_length(DataConfig(pack_tokens=32768), smollm2_dir).max_length == 8192  # the model's context
+    rows, report = direct_packed_rows([str(HH_TRAIN)], DataConfig(), settings(smollm2_dir, seed=None))
+    assert report.rows_read == 1600 and report.rows_kept == 1600 and report.rows_dropped == 0, report.format()
+    assert sum(len(r.group_ids) for r in rows) == 1600

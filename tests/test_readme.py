@@ -25,6 +25,8 @@ COVERED_BY = {
     "python bench/train_throughput.py": "tests/test_bench_smoke.py::test_train_throughput_bench_runs",
     "python bench/serve_throughput.py": "tests/test_bench_smoke.py::test_serve_throughput_bench_runs",
     "python bench/relabel_throughput.py": "tests/test_bench_smoke.py::test_relabel_throughput_bench_runs",
+    "python bench/sp_uneven_heads.py": "tests/test_bench_smoke.py::test_sp_uneven_heads_bench_runs",
+    "python jobs/check_export.py": "tests/test_export_check.py::test_check_export_command",
     "python -m pytest -q -m slow": "tests/test_readme.py::test_make_targets_run_the_readme_test_commands",
 }
 
@@ -66,7 +68,8 @@ def test_make_targets_run_the_readme_test_commands():
     assert "torch==2.13.0" in makefile  # the CPU build on this machine's disk
 
 
-@pytest.mark.parametrize("job", ["train_rm", "serve_rm", "relabel_dpo", "eval_rm", "inspect_data", "demo"])
+@pytest.mark.parametrize("job", ["train_rm", "serve_rm", "relabel_dpo", "eval_rm", "inspect_data", "demo",
+                                 "check_export"])
 def test_job_help(job):
     proc = run([sys.executable, f"jobs/{job}.py", "--help"], timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -6,6 +6,7 @@ returns the kept groups and a ``DropReport`` in which every row read is either k
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Callable, Iterator
 
 from ray_rm.config import ConfigError
@@ -29,11 +30,50 @@ def check_choices(cfg: DataConfig) -> None:
             raise ConfigError(f"config key 'data.{key}' must be one of {' | '.join(allowed)}, got {value!r}")
 
 
+def auto_max_length(pack_tokens: int, context: int | None) -> int:
+    """``data.max_length=0``: the model's whole context, but at most half a packed row, so that any pair
+    fits in one row. Real data then keeps every pair the model can read (hh-rlhf's longest sequence,
+    996 SmolLM2 tokens, fits the default 4096-token rows)."""
+    half = max(1, pack_tokens // 2)
+    return min(context, half) if context else half
+
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_context_length(model_path: str) -> int | None:
+    """Tokens the model can attend over, from its config (None for a tokenizer-only folder)."""
+    from transformers import AutoConfig
+
+    from ray_rm.assets import resolve_model_path
+
+    try:
+        hf_config = AutoConfig.from_pretrained(resolve_model_path(model_path))
+    except (OSError, ValueError):
+        return None
+    for key in _CONTEXT_KEYS:
+        value = getattr(hf_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def resolve_max_length(data_cfg: DataConfig, model_path: str) -> DataConfig:
+    """The one place ``data.max_length=0`` (auto) becomes a number; an explicit value is kept as is."""
+    if data_cfg.max_length > 0:
+        return data_cfg
+    return replace(data_cfg, max_length=auto_max_length(data_cfg.pack_tokens, model_context_length(model_path)))
+
+
 def check_pack_budget(cfg: DataConfig) -> None:
+    """Settings checks that need no model; ``max_length`` 0 (auto) is resolved later, in one place
+    (``resolve_max_length``)."""
     check_choices(cfg)
-    if cfg.max_length < 1:
-        raise ConfigError(f"config key 'data.max_length' must be positive, got {cfg.max_length}")
-    if cfg.pack_tokens < 2 * cfg.max_length:
+    if cfg.max_length < 0:
+        raise ConfigError(f"config key 'data.max_length' must be positive, or 0 for auto, got {cfg.max_length}")
+    if cfg.pack_tokens < 2:
+        raise ConfigError(f"config key 'data.pack_tokens' must be at least 2, got {cfg.pack_tokens}")
+    if cfg.max_length and cfg.pack_tokens < 2 * cfg.max_length:
         raise DataError(f"data.pack_tokens ({cfg.pack_tokens}) must be at least 2 x data.max_length "
                         f"({cfg.max_length}) so that any pair fits in one packed row")
 
@@ -65,6 +105,7 @@ def read_examples(task: ReadTask, report: DropReport, on_error: str,
 def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
                  seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
     check_choices(cfg)
+    cfg = resolve_max_length(cfg, encoder.tokenizer.name_or_path)  # a no-op when the driver resolved it
     report = DropReport()
     examples = []
     for ex in read_examples(task, report, cfg.on_error):

@@ -21,6 +21,7 @@ from pathlib import Path
 from ray_rm.data.formats import PreferenceExample
 
 MAX_EXAMPLES_PER_REASON = 5
+LOUD_FRACTION = 0.05  # above this share of rows dropped (or truncated), jobs end with a WARNING line
 _WORD = re.compile(r"\w+")
 
 
@@ -69,6 +70,20 @@ class DropReport:
     def write_json(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def usage_line(label: str, report: DropReport, truncated: int = 0) -> str:
+    """The line a job ends with: how many rows counted as given; a WARNING above ``LOUD_FRACTION``, so a
+    result computed on a subset of the data (or on cut sequences) is never mistaken for the whole."""
+    read = max(report.rows_read, 1)
+    dropped, cut = report.rows_dropped / read, truncated / read
+    text = f"{label}: {report.rows_kept} of {report.rows_read} rows used, {report.rows_dropped} dropped ({dropped:.1%})"
+    if truncated:
+        text += f", {truncated} left-truncated to the length limit ({cut:.1%})"
+    if report.dropped:
+        text += "; " + ", ".join(f"{reason} {n}" for reason, n in report.dropped.most_common(3))
+    loud = dropped > LOUD_FRACTION or cut > LOUD_FRACTION
+    return ("[ray_rm] WARNING " if loud else "[ray_rm] ") + text
 
 
 def _response_text(r) -> str:

@@ -16,6 +16,9 @@ class EvalConfig(ScoringOptions):
     num_bins: int = opt(10, "confidence bins of the ECE / reliability diagram (over [0.5, 1])")
     length_buckets: int = opt(4, "quantile buckets of pair length for the length-bias check")
     write_scores: bool = opt(True, "write every example's rewards to output_dir/scores.parquet")
+    overlength: str = opt("truncate_left", "sequences over the checkpoint's max_length: truncate_left (keep the "
+                                           "end, where the reward is read; every pair is scored and the cut ones "
+                                           "counted in the report) | drop (counted)")
 
 
 @dataclass

@@ -49,6 +49,7 @@ class ScoredExample:
     ranks: list
     lengths: list
     subset: str | None = None
+    truncated: bool = False  # scored after left truncation to the checkpoint's max_length
 
 
 @dataclass

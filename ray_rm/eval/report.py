@@ -102,7 +102,8 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
                ("ECE", m["ece"]), ("temperature", m["temperature"]),
                ("ECE after temperature scaling", m["ece_temperature_scaled"]), ("NLL", m["nll"]),
                ("NLL after temperature scaling", m["nll_temperature_scaled"]),
-               ("rows read / dropped", f"{report['drops']['rows_read']} / {report['drops']['rows_dropped']}")]
+               ("rows read / dropped", f"{report['drops']['rows_read']} / {report['drops']['rows_dropped']}"),
+               ("left-truncated (scored)", (report.get("truncated") or {}).get("examples", 0))]
     if m["ranking"]:
         summary += [("k-way rows", m["ranking"]["num_rows"]), ("Kendall tau-b", m["ranking"]["kendall_tau"]),
                     ("top-1 accuracy", m["ranking"]["top1_accuracy"])]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ray_rm.data.prepare import read_examples
-from ray_rm.data.quality import DropReport
+from ray_rm.data.quality import DropReport, usage_line
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError, UserError
 from ray_rm.eval.config import EvalConfig, EvalJobConfig
@@ -25,8 +25,10 @@ from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
 log = logging.getLogger(__name__)
 
 
-def score_task(task: ReadTask, scorer, on_error: str) -> tuple[list[ScoredExample], DropReport]:
-    """Read, normalize and score one task's rows; malformed and unusable rows are counted, not scored."""
+def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True) -> tuple[list[ScoredExample],
+                                                                                     DropReport]:
+    """Read, normalize and score one task's rows; malformed and unusable rows are counted, not scored;
+    over-length ones are left-truncated (flagged) or, with ``truncate=False``, dropped (counted)."""
     report, examples = DropReport(), []
     for ex in read_examples(task, report, on_error):
         if len(set(ex.ranks)) == 1:
@@ -34,9 +36,9 @@ def score_task(task: ReadTask, scorer, on_error: str) -> tuple[list[ScoredExampl
             continue
         examples.append(ex)
     out = []
-    for ex, s in zip(examples, score_examples(scorer, examples)):
+    for ex, s in zip(examples, score_examples(scorer, examples, truncate=truncate)):
         if isinstance(s, Scored):
-            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset))
+            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset, s.truncated))
         else:
             report.drop(*s)
     report.rows_kept = len(out)
@@ -47,7 +49,7 @@ class EvalActor:
     """Ray Data actor: one model replica; scores one read task per call."""
 
     def __init__(self, cfg: EvalConfig, on_error: str, gpus: float):
-        self.on_error = on_error
+        self.on_error, self.truncate = on_error, cfg.overlength == "truncate_left"
         self.scorer = make_scorer(cfg.model_path, gpus, cfg.cpus_per_actor, cfg.pack_tokens, cfg.dtype,
                                   cfg.attn_implementation)
 
@@ -55,7 +57,8 @@ class EvalActor:
         results, errors = [], []
         for task_json in batch["task"]:
             try:
-                examples, report = score_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error)
+                examples, report = score_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error,
+                                              self.truncate)
                 results.append(json.dumps({"examples": [vars(e) for e in examples], "report": report.to_dict()}))
                 errors.append("")
             except DataError as exc:
@@ -106,6 +109,8 @@ def run_eval(job: EvalJobConfig) -> dict:
         raise UserError("eval.num_bins and eval.length_buckets must be positive")
     if job.data.on_error not in ("drop", "raise"):
         raise UserError(f"data.on_error must be drop or raise, got '{job.data.on_error}'")
+    if cfg.overlength not in ("truncate_left", "drop"):
+        raise UserError(f"eval.overlength must be truncate_left or drop, got '{cfg.overlength}'")
     start = time.perf_counter()
     examples, drops = score_dataset(job)
     if not examples:
@@ -116,9 +121,13 @@ def run_eval(job: EvalJobConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.write_scores:
         write_scores(out_dir / "scores.parquet", examples)
+    truncated = [e.example_id for e in examples if e.truncated]
     report = {"model_path": cfg.model_path, "data_files": list(job.data.eval_files),
               "accuracy": metrics["accuracy"], "metrics": metrics, "drops": drops.to_dict(),
+              "truncated": {"examples": len(truncated), "fraction": len(truncated) / len(examples),
+                            "example_ids": truncated[:5]},
               "scoring_seconds": round(scored_s, 3)}
+    print(usage_line("eval data", drops, len(truncated)), flush=True)
     chosen = np.asarray([e.rewards[0] for e in examples])
     rejected = np.asarray([e.rewards[-1] for e in examples])
     write_report(out_dir, report, chosen, rejected)

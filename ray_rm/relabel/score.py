@@ -1,4 +1,5 @@
-"""Score parsed examples with a ``RewardScorer``: tokenize, drop over-length ones, score each prompt's group.
+"""Score parsed examples with a ``RewardScorer``: tokenize, drop (relabel) or left-truncate (eval) over-length
+ones, score each prompt's group.
 
 Shared by relabeling and evaluation so both read rewards exactly like serving does (the checkpoint's
 tokenization rules, prompt-shared packing, one forward per packed row).
@@ -14,7 +15,8 @@ from ray_rm.data.formats import PreferenceExample
 @dataclass
 class Scored:
     scores: list  # one reward per response, in the example's response order
-    lengths: list  # tokens of each full sequence (prompt + response)
+    lengths: list  # tokens of each full sequence (prompt + response), before any truncation
+    truncated: bool = False  # a sequence was cut to the scorer's limit (its start removed, the reward token kept)
 
 
 def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dtype: str, attn_implementation: str):
@@ -31,8 +33,9 @@ def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dty
 
 
 def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = False,
-                   timing: dict | None = None) -> list:
-    """A ``Scored`` per example, or a (reason, message) drop when a sequence exceeds the model's limit.
+                   timing: dict | None = None, truncate: bool = False) -> list:
+    """A ``Scored`` per example, or a (reason, message) drop when a sequence exceeds the model's limit
+    (with ``truncate``, such sequences keep their last ``scorer.max_length`` tokens and are flagged).
 
     ``timing["score_seconds"]`` accumulates the time spent in packed forward passes (the part a bare
     model run would also pay), so jobs can report their own overhead.
@@ -40,19 +43,21 @@ def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = 
     items = [(ex.prompt, r) for ex in examples for r in ex.responses]
     ids = scorer.encode(items) if items else []
     out: list = []
-    groups, owners = [], []
+    groups, owners, lengths, cut = [], [], [], []
     k = 0
     for ex in examples:
         seqs = ids[k:k + len(ex.responses)]
         k += len(ex.responses)
         longest = max(len(s) for s in seqs)
-        if longest > scorer.max_length:
+        if longest > scorer.max_length and not truncate:
             out.append(("over_length", f"{ex.example_id}: a sequence has {longest} tokens > the scoring limit "
                                        f"{scorer.max_length} (checkpoint max_length / pack_tokens)"))
             continue
         owners.append(len(out))
         out.append(None)
-        groups.append(seqs)
+        lengths.append([len(s) for s in seqs])
+        cut.append(longest > scorer.max_length)
+        groups.append([s[-scorer.max_length:] for s in seqs])
     start = time.perf_counter()
     all_rewards = scorer.score_groups(groups) if groups else []
     if timing is not None:
@@ -60,7 +65,7 @@ def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = 
     for i, (g, rewards) in enumerate(zip(groups, all_rewards)):
         if normalize:
             rewards = [scorer.stats.normalize(r) for r in rewards]
-        out[owners[i]] = Scored([float(r) for r in rewards], [len(s) for s in g])
+        out[owners[i]] = Scored([float(r) for r in rewards], lengths[i], cut[i])
     return out
 
 

@@ -1,9 +1,13 @@
 """The driver side of training: validate, prepare data on Ray Data, run ``TorchTrainer``, collect outputs.
 
-Data is tokenized and packed once on the cluster and materialized, so the driver knows the drop
-report and the exact number of steps (for the LR schedule) before any worker starts, and every
-worker streams the same rows (see train/data_feed.py). Outputs in ``output_dir``:
-``hf/`` (the Hugging Face checkpoint), ``summary.json``, ``drop_report.json``, ``tensorboard/``.
+Settings that only the model config can check (sequence parallelism vs. head counts, ``data.max_length``
+auto) are resolved from ``AutoConfig`` before Ray starts or any data is read. Data is tokenized and
+packed once on the cluster and materialized, so the driver knows the drop report and the exact number
+of steps (for the LR schedule) before any worker starts, and every worker streams the same rows (see
+train/data_feed.py). After training, the export self-test (model/export_check.py) scores training
+examples through plain transformers against ray_rm's own scorer; a failure fails the job after the
+summary is written. Outputs in ``output_dir``: ``hf/`` (the Hugging Face checkpoint), ``summary.json``
+(with ``export_check``), ``drop_report.json``, ``tensorboard/``.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from pathlib import Path
 from ray_rm.config import to_dict
 from ray_rm.config_schema import TrainJobConfig
 from ray_rm.data.pipeline import PackSettings, PreparedData, materialize
-from ray_rm.data.prepare import check_pack_budget
+from ray_rm.data.prepare import check_pack_budget, resolve_max_length
+from ray_rm.data.quality import usage_line
 from ray_rm.errors import UserError
 from ray_rm.losses import LOSS_NAMES
 
@@ -49,18 +54,33 @@ def validate(cfg: TrainJobConfig) -> None:
                         "or use LoRA without quantization on CPU")
 
 
-def _pack_settings(cfg: TrainJobConfig, model_path: str) -> tuple[PackSettings, dict]:
-    from transformers import AutoConfig, AutoTokenizer
+def validate_model(cfg: TrainJobConfig, hf_config) -> None:
+    """Checks that need the model's config (cheap: config.json only), run before any data work."""
+    from ray_rm.model.sequence_parallel import check_heads, model_heads
+
+    sp = cfg.train.sequence_parallel_size
+    if sp > 1:
+        if cfg.model.attn_implementation in ("sdpa", "eager"):
+            raise UserError(f"train.sequence_parallel_size={sp} needs model.attn_implementation auto, varlen or "
+                            f"flash_attention_2 (ray_rm's per-segment attention), not "
+                            f"'{cfg.model.attn_implementation}'")
+        try:
+            check_heads(*model_heads(hf_config), sp)
+        except ValueError as exc:
+            raise UserError(f"{cfg.model.name_or_path}: {exc}") from None
+
+
+def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[PackSettings, dict]:
+    from transformers import AutoTokenizer
 
     from ray_rm.model.build import detect_kind
     from ray_rm.model.export import pick_pad_token
 
-    hf_config = AutoConfig.from_pretrained(model_path)
     kind = detect_kind(hf_config, cfg.model.kind)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = pick_pad_token(tokenizer)[1] if kind == "decoder" else (tokenizer.pad_token_id or 0)
     settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
-                            is_encoder=kind == "encoder", seed=cfg.train.seed if cfg.data.shuffle else None)
+                            seed=cfg.train.seed if cfg.data.shuffle else None)
     return settings, {"kind": kind, "pad_token_id": pad_id}
 
 
@@ -87,20 +107,28 @@ def run_training(cfg: TrainJobConfig) -> dict:
     validate(cfg)
     started = time.time()
     out = Path(cfg.output_dir).resolve()
+
+    from transformers import AutoConfig
+
+    from ray_rm.assets import resolve_model_path
+
+    model_path = resolve_model_path(cfg.model.name_or_path)
+    hf_config = AutoConfig.from_pretrained(model_path)
+    validate_model(cfg, hf_config)
+    cfg = replace(cfg, output_dir=str(out), data=resolve_max_length(cfg.data, model_path))
     out.mkdir(parents=True, exist_ok=True)
-    cfg = replace(cfg, output_dir=str(out))
 
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_rm.assets import resolve_model_path
     from ray_rm.ray_utils import init_ray
     from ray_rm.train.loop import train_loop_per_worker
     from ray_rm.train.metrics import ProgressLine
 
+    settings, model_info = _pack_settings(cfg, model_path, hf_config)
+    print(f"[ray_rm] data.max_length {cfg.data.max_length} tokens per sequence, rows of {cfg.data.pack_tokens}",
+          flush=True)
     init_ray(cfg.ray)
-    model_path = resolve_model_path(cfg.model.name_or_path)
-    settings, model_info = _pack_settings(cfg, model_path)
     train, evald = _prepare(cfg, settings)
     reports = {"train": train.report.to_dict(), "eval": evald.report.to_dict() if evald else None}
     (out / "drop_report.json").write_text(json.dumps(reports, indent=2))
@@ -114,7 +142,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
     loop_config = {
         "config": to_dict(cfg), "total_steps": total_steps, "train_rows": train.num_rows,
         "eval_rows": evald.num_rows if evald else 0, "pad_token_id": model_info["pad_token_id"],
-        "export_meta": {"chat_template": cfg.data.chat_template, "append_eos": cfg.data.append_eos,
+        "export_meta": {"chat_template": cfg.data.chat_template,
                         "max_length": cfg.data.max_length, "base_model": cfg.model.name_or_path,
                         "loss": tc.loss},
     }
@@ -142,6 +170,10 @@ def run_training(cfg: TrainJobConfig) -> dict:
         result = trainer.fit()
     except TrainingFailedError as exc:
         raise UserError(f"training failed: {_root_cause(exc)}") from None
+    except SystemExit as exc:
+        # Ray Train answers Ctrl-C by aborting the run gracefully, then the driver's pending ray.get raises
+        # SystemExit(1): report it as the interrupt it was (cli.run_job stops the cluster, exits 130).
+        raise KeyboardInterrupt("training aborted by Ctrl-C") from exc
     hf_dir = out / "hf"
     with result.checkpoint.as_directory() as ckpt:
         if not (Path(ckpt) / "hf").is_dir():
@@ -149,6 +181,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
         if hf_dir.exists():
             shutil.rmtree(hf_dir)
         shutil.copytree(Path(ckpt) / "hf", hf_dir)
+    check = _check_export(cfg, model_path, hf_dir)
     metrics = dict(result.metrics or {})
     summary = {
         "hf_checkpoint": str(hf_dir), "run_name": run_name, "storage_path": str(storage),
@@ -157,14 +190,30 @@ def run_training(cfg: TrainJobConfig) -> dict:
         "wall_time_s": round(time.time() - started, 1),
         "final_metrics": {k: v for k, v in metrics.items() if k.startswith(("eval/", "train/"))},
         "data": {"train_rows_packed": train.num_rows, "train_groups": train.num_groups,
-                 "train_tokens": train.num_tokens,
+                 "train_tokens": train.num_tokens, "max_length": cfg.data.max_length,
                  "fill_fraction": train.num_tokens / (train.num_rows * cfg.data.pack_tokens),
                  "drop_report": reports},
+        "export_check": check.to_dict(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    lines = [usage_line("train data", train.report)] + ([usage_line("eval data", evald.report)] if evald else [])
+    print("\n".join(lines + [check.format().splitlines()[0] if check.passed else check.format()]), flush=True)
+    from ray_rm.model.export_check import require_passed
+
+    require_passed(check)
     print(f"[ray_rm] done in {summary['wall_time_s']}s: HF checkpoint {hf_dir} | summary {out / 'summary.json'}",
           flush=True)
     return summary
+
+
+def _check_export(cfg: TrainJobConfig, model_path: str, hf_dir: Path):
+    """The export self-test on a few training examples, their reference ids as training tokenized them."""
+    from ray_rm.data.pipeline import make_encoder
+    from ray_rm.model.export_check import builtin_items, check_export, items_from_files
+
+    encoder = make_encoder(model_path, cfg.data)
+    items = items_from_files(cfg.data.train_files, cfg.data) + builtin_items(encoder.tokenizer)
+    return check_export(hf_dir, items, encoder.encode([(i.prompt, i.response) for i in items]))
 
 
 def _root_cause(exc: BaseException) -> str:
