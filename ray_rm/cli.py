@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 from typing import Callable, TypeVar
 
@@ -21,14 +22,13 @@ T = TypeVar("T")
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
-def parse_job_config(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "",
-                     default_config: str | None = None) -> T:
-    return parse_job_args(cls, argv, description, extra_help=extra_help, default_config=default_config)[0]
+def parse_job_config(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "") -> T:
+    return parse_job_args(cls, argv, description, extra_help=extra_help)[0]
 
 
 def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra_help: str = "",
-                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-                   default_config: str | None = None) -> tuple[T, argparse.Namespace]:
+                   add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+                   ) -> tuple[T, argparse.Namespace]:
     """Like ``parse_job_config`` for jobs with options of their own (``add_arguments`` adds them).
 
     A multi-value option (``nargs="+"``) swallows the overrides typed after it
@@ -39,9 +39,9 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
         epilog=("settings (override any with key=value; lists take a,b,c):\n" + describe(cls)
                 + ("\n\n" + extra_help if extra_help else "")),
     )
-    parser.add_argument("--config", default=default_config,
-                        help="YAML file with the settings below, grouped by section"
-                             + (f" (default: the built-in demo config {default_config})" if default_config else ""))
+    parser.add_argument("--config", default=None,
+                        help="YAML file with the settings below, grouped by section (default: none, i.e. the "
+                             "defaults listed below)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-5")
     if add_arguments:
@@ -53,8 +53,6 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
             if stray:
                 setattr(args, name, [v for v in value if v not in stray])
                 args.overrides = stray + list(args.overrides)
-    if default_config and args.config == default_config:
-        print(f"[ray_rm] no --config given: starting from the built-in demo config {default_config}", flush=True)
     try:
         cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
@@ -66,13 +64,36 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
 
 
 def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run a job's main; user errors exit 2 with one readable line instead of a traceback."""
+    """Run a job's main; user errors exit 2 with one readable line instead of a traceback.
+
+    Ctrl-C (SIGINT) and SIGTERM stop the job cleanly: the local Ray cluster it started is shut down
+    (``ray_utils.shutdown_ray``; a joined cluster is left running), also on normal exit and on errors.
+    Exit codes: 130 for SIGINT, 143 for SIGTERM, as a shell reports a process killed by them."""
+    from ray_rm.ray_utils import install_stop_handler, last_stop_signal, shutdown_ray
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_stop_handler()
+    code = 0
     try:
         main(argv)
     except (UserError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        signum = last_stop_signal() or signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+        code = 128 + signum
+    finally:
+        _shutdown_quietly(shutdown_ray)
+    if code:
+        sys.exit(code)
+
+
+def _shutdown_quietly(shutdown: Callable[[], None]) -> None:
+    """Stop Ray even if a second signal arrives while it shuts down (a second Ctrl-C must not leave it half-stopped)."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        shutdown()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,8 +1,20 @@
-"""Connect to Ray the same way in every job: join the cluster a job was submitted to, or start one locally."""
+"""Connect to Ray the same way in every job: join the cluster a job was submitted to, or start one locally;
+and leave nothing behind: a job that started its own local cluster stops it when the job ends, normally
+or by SIGINT/SIGTERM (``cli.run_job`` calls ``shutdown_ray``); a job that joined a cluster only disconnects.
+
+Why a handler of our own: ``ray.init`` lets Ray's C++ core worker take over SIGTERM, which aborts the
+driver without running Python cleanup, leaving the cluster to best-effort reapers (SIGKILL-style exits
+left its dashboard and runtime-env agents running on this machine). ``init_ray`` reinstalls a Python
+SIGTERM handler that raises ``JobStopped`` in the main thread, so ``finally`` blocks and ``shutdown_ray``
+run, and ``ray.shutdown(wait_for_processes=True)`` stops raylet (which stops its workers), GCS and agents.
+This module must not stop a cluster it did not start.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 from ray_rm.config_schema import RayConfig
 
@@ -12,6 +24,54 @@ log = logging.getLogger(__name__)
 # whose steps are shorter than that; 0.5 s keeps progress lines per step cheap.
 _WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+_OWNS_LOCAL_CLUSTER = False
+_LAST_STOP_SIGNAL: int | None = None
+
+
+class JobStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so every ``finally`` runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    global _LAST_STOP_SIGNAL
+    _LAST_STOP_SIGNAL = signum
+    raise JobStopped(signum)
+
+
+def last_stop_signal() -> int | None:
+    """The signal that stopped the job (libraries such as Ray Train re-raise a bare KeyboardInterrupt)."""
+    return _LAST_STOP_SIGNAL
+
+
+def install_stop_handler() -> None:
+    """SIGINT and SIGTERM -> ``JobStopped``. Only the main thread can install handlers."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _raise_stopped)
+
+
+def owns_local_cluster() -> bool:
+    """True when this process started the Ray cluster it is connected to (so it must stop it)."""
+    return _OWNS_LOCAL_CLUSTER
+
+
+def shutdown_ray() -> None:
+    """Stop the local cluster this process started, waiting for its processes; from a joined cluster,
+    only disconnect. Safe to call more than once."""
+    global _OWNS_LOCAL_CLUSTER
+    import ray
+
+    if ray.is_initialized():
+        if _OWNS_LOCAL_CLUSTER:
+            log.info("stopping the local Ray cluster this job started")
+        ray.shutdown(wait_for_processes=_OWNS_LOCAL_CLUSTER)
+    _OWNS_LOCAL_CLUSTER = False
 
 
 def quiet_ray_logs() -> None:
@@ -54,22 +114,25 @@ def init_ray(cfg: RayConfig):
     if cfg.address == "auto-local":
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**kwargs)
-            return ray
-        try:
-            ray.init(address="auto", **kwargs)
-            log.info("joined the running Ray cluster")
-            return ray
-        except (ConnectionError, RuntimeError):
-            pass
-        return _start_local(ray, cfg, kwargs)
-    if cfg.address == "local":
-        return _start_local(ray, cfg, kwargs)
-    ray.init(address=cfg.address, **kwargs)
+        else:
+            try:
+                ray.init(address="auto", **kwargs)
+                log.info("joined the running Ray cluster")
+            except (ConnectionError, RuntimeError):
+                _start_local(ray, cfg, kwargs)
+    elif cfg.address == "local":
+        _start_local(ray, cfg, kwargs)
+    else:
+        ray.init(address=cfg.address, **kwargs)
+    install_stop_handler()  # after ray.init: Ray's core worker replaced the SIGTERM handler
     return ray
 
 
-def _start_local(ray, cfg: RayConfig, kwargs: dict):
+def _start_local(ray, cfg: RayConfig, kwargs: dict) -> None:
+    global _OWNS_LOCAL_CLUSTER
     num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
     ray.init(num_cpus=num_cpus, **kwargs)
-    log.info("started a local Ray cluster with %d logical CPUs", num_cpus)
-    return ray
+    _OWNS_LOCAL_CLUSTER = True
+    session = ray._private.worker._global_node.get_session_dir_path()
+    log.info("started a local Ray cluster with %d logical CPUs (session %s); it stops when this job ends",
+             num_cpus, session)

@@ -104,12 +104,12 @@ def run_server(job: ServeJobConfig, stop: threading.Event | None = None) -> None
     import ray
     from ray import serve
 
-    from ray_rm.ray_utils import init_ray
+    from ray_rm.ray_utils import init_ray, owns_local_cluster, shutdown_ray
 
     validate(job.serve)
     started_here = not ray.is_initialized()
     init_ray(job.ray)
-    owns_cluster = started_here and not _joined_existing_cluster()
+    owns_cluster = started_here and owns_local_cluster()
     stop = stop or threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -130,14 +130,4 @@ def run_server(job: ServeJobConfig, stop: threading.Event | None = None) -> None
                 serve.shutdown()
         finally:
             if started_here:
-                ray.shutdown()
-
-
-def _joined_existing_cluster() -> bool:
-    """True when this driver connected to a cluster it did not start (others may use its Serve)."""
-    import ray
-
-    try:
-        return not getattr(ray._private.worker.global_worker.node, "head", False)
-    except Exception:  # noqa: BLE001 - private API; assume shared, which only skips serve.shutdown()
-        return True
+                shutdown_ray()
