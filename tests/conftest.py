@@ -22,6 +22,15 @@ HH_TRAIN = SHARED_DATA / "hh-rlhf-harmless" / "train.jsonl"
 HH_TEST = SHARED_DATA / "hh-rlhf-harmless" / "test.jsonl"
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers, gloo rendezvous and private Ray clusters)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
     from ray_rm.assets import resolve_model_path

@@ -6,18 +6,13 @@ loss, rewards and gradients to ``out_dir/rank{r}.pt``; ``reference`` computes th
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 
+from conftest import free_port
+
 PROBED = ("head.weight", "backbone.layers.0.self_attn.q_proj.weight", "backbone.layers.1.self_attn.k_proj.weight")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _forward_backward(model_dir: str, row, sp, pad_to: int) -> dict:

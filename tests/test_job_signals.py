@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,18 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import free_port
 from process_watch import JobProcess
 from train_helpers import tiny_overrides
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_job(model_dir: str, out: Path, address: str) -> JobProcess:
