@@ -129,9 +129,8 @@ def verl_row(policy_tokenizer, prompt_messages: list, response: str, extra: dict
 
     ids = policy_tokenizer(response, add_special_tokens=False)["input_ids"] + [policy_tokenizer.eos_token_id]
     pad = max(0, pad_to - len(ids))
-    prompt_ids = policy_tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=True)
-    if isinstance(prompt_ids, dict):  # transformers >= 5 returns a BatchEncoding
-        prompt_ids = prompt_ids["input_ids"]
+    prompt = policy_tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=False)
+    prompt_ids = policy_tokenizer(prompt, add_special_tokens=False)["input_ids"]
     batch = {"prompts": torch.tensor(prompt_ids), "responses": torch.tensor(ids + [0] * pad),
              "attention_mask": torch.tensor([1] * len(prompt_ids) + [1] * len(ids) + [0] * pad)}
     non_tensor = {"raw_prompt": list(prompt_messages), "data_source": "ray_rm_test",
