@@ -19,6 +19,7 @@ from ray_rm.errors import DataError, UserError
 from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
+from ray_rm.eval.rewardbench2 import rewardbench2_scores
 from ray_rm.relabel.score import Scored, make_scorer, score_examples
 from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
 
@@ -36,7 +37,7 @@ def score_task(task: ReadTask, scorer, on_error: str) -> tuple[list[ScoredExampl
     out = []
     for ex, s in zip(examples, score_examples(scorer, examples)):
         if isinstance(s, Scored):
-            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset))
+            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset, ex.row_id))
         else:
             report.drop(*s)
     report.rows_kept = len(out)
@@ -117,7 +118,8 @@ def run_eval(job: EvalJobConfig) -> dict:
     if cfg.write_scores:
         write_scores(out_dir / "scores.parquet", examples)
     report = {"model_path": cfg.model_path, "data_files": list(job.data.eval_files),
-              "accuracy": metrics["accuracy"], "metrics": metrics, "drops": drops.to_dict(),
+              "accuracy": metrics["accuracy"], "rewardbench2": rewardbench2_scores(examples),
+              "metrics": metrics, "drops": drops.to_dict(),
               "scoring_seconds": round(scored_s, 3)}
     chosen = np.asarray([e.rewards[0] for e in examples])
     rejected = np.asarray([e.rewards[-1] for e in examples])
