@@ -196,8 +196,8 @@ def verl_reward_call_site(monkeypatch):
     return reward["get_custom_reward_fn"], naive["NaiveRewardManager"]
 
 
-def _verl_config(server: str, name: str) -> AttrDict:
-    path = str(REPO / "ray_rm" / "integrations" / "verl.py")
+def _verl_config(server: str, name: str, path: str = "pkg://ray_rm.integrations.verl") -> AttrDict:
+    """verl's config after ``reward.custom_reward_function.{path,name}=...`` and ``+...reward_kwargs.*=...``."""
     return AttrDict({"reward": {"custom_reward_function": {
         "path": path, "name": name, "reward_kwargs": {"url": f"http://{server}/va", "token": TOKEN}}}})
 
@@ -207,8 +207,9 @@ def test_verl_custom_reward_function_through_naive_reward_manager(server, verl_r
     want = _v1_score(f"http://{server}/va", [{"messages": QUESTION + [{"role": "assistant", "content": a}]}
                                               for a in ANSWERS], token=TOKEN)
     rows = [verl_row(policy_tokenizer, QUESTION, a, extra={"prompt": QUESTION}) for a in ANSWERS]
-    for name in ("compute_score", "compute_score_async"):
-        fn = get_custom_reward_fn(_verl_config(server, name))
+    file_path = str(REPO / "ray_rm" / "integrations" / "verl.py")  # verl loads either form
+    for name, path in (("compute_score", file_path), ("compute_score_async", "pkg://ray_rm.integrations.verl")):
+        fn = get_custom_reward_fn(_verl_config(server, name, path))
 
         async def run(fn=fn):  # verl builds the manager on the reward worker's running loop
             manager = naive_manager(config=None, tokenizer=policy_tokenizer, compute_score=fn)

@@ -26,6 +26,8 @@ COVERED_BY = {
     "python bench/serve_throughput.py": "tests/test_bench_smoke.py::test_serve_throughput_bench_runs",
     "python bench/relabel_throughput.py": "tests/test_bench_smoke.py::test_relabel_throughput_bench_runs",
     "python -m pytest -q -m slow": "tests/test_readme.py::test_make_targets_run_the_readme_test_commands",
+    "python3 -m verl.trainer.main_ppo":
+        "tests/test_integrations.py::test_verl_custom_reward_function_through_naive_reward_manager",
 }
 
 
