@@ -7,7 +7,8 @@ Supported rows (JSON objects):
   * optional ``margin``, ``score_chosen``/``score_rejected``, ``subset`` (RewardBench sections)
   * k-way                        ``{"prompt", "responses": [...], "ranking": [best index, ...]}`` or ``"scores"``
   * best-of-n (RewardBench 2)    ``{"id"?, "prompt", "chosen": [r, ...], "rejected": [r, ...], "subset"?}``: k chosen
-                                 (tied best) and n rejected (tied worst); ``num_correct`` must equal k when given
+                                 (tied best) and n rejected (tied worst); ``num_correct`` must equal k when given;
+                                 the prompt is required (without it a list of strings is a malformed conversation)
 
 A pair is the k = 2 case of a ranked group: responses are stored best first with ``ranks`` (0 = best,
 equal ranks are ties), so pairwise and listwise losses read the same structure. Malformed rows raise
@@ -263,7 +264,8 @@ def normalize_row(raw: Any, source: str, row: int) -> PreferenceExample:
         return PreferenceExample(example_id, prompt, tuple(responses), tuple(ranks),
                                  scores=None if scores is None else tuple(scores), subset=subset)
 
-    if _is_response_list(raw.get("chosen")) or _is_response_list(raw.get("rejected")):
+    # RewardBench 2 rows always carry a prompt; without one, a list of strings is a malformed conversation
+    if "prompt" in raw and (_is_response_list(raw.get("chosen")) or _is_response_list(raw.get("rejected"))):
         return _best_of_n(where, raw, example_id, subset)
     for key in ("chosen", "rejected"):
         if key not in raw:
