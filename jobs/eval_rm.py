@@ -4,7 +4,9 @@
   ray job submit --working-dir . -- python jobs/eval_rm.py --config eval.yaml
 
 Writes output_dir/report.json (top-level ``accuracy``; ties count as wrong), report.html with the
-plots, the PNGs and scores.parquet. Rows with a ``subset`` field get a RewardBench-style section table.
+plots, the PNGs and scores.parquet. Rows with a ``subset`` field get a RewardBench-style section table;
+RewardBench 2 rows ({id, prompt, chosen: [...], rejected: [...], subset}) get its best-of-n and Ties scores
+under report.json's ``rewardbench2`` (``overall``, ``sections``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     keys = ("num_examples", "num_pairs", "accuracy", "mean_margin", "ece", "temperature", "ece_temperature_scaled")
     print(json.dumps({**{k: m[k] for k in keys}, "ranking": m["ranking"],
                       "rewardbench": (m["rewardbench"] or {}).get("sections"),
+                      "rewardbench2": report["rewardbench2"],
                       "report": str(Path(cfg.output_dir) / "report.html")}, indent=2))
     return report
 

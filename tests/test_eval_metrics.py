@@ -67,7 +67,9 @@ def test_kway_pairs_ranking_and_sections():
     assert rb["sections"]["Chat Hard"] == 0.0  # a tie is wrong
     assert rb["sections"]["Reasoning"] == pytest.approx(984 / (984 + 164))  # RewardBench's count weights
     assert rb["sections"]["Other"] == 1.0
-    assert rb["score"] == pytest.approx(np.mean(list(rb["sections"].values())))
+    # the v1 score is the mean of its four sections (Chat, Chat Hard, Safety, Reasoning) present; Other is excluded
+    assert rb["score"] == pytest.approx(np.mean([rb["sections"][s] for s in ("Chat", "Chat Hard", "Reasoning")]))
+    assert rb["score"] == pytest.approx((2 / 3 + 0.0 + 984 / 1148) / 3)
 
 
 def test_length_bias_and_buckets():

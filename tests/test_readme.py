@@ -28,6 +28,8 @@ COVERED_BY = {
     "python bench/sp_uneven_heads.py": "tests/test_bench_smoke.py::test_sp_uneven_heads_bench_runs",
     "python jobs/check_export.py": "tests/test_export_check.py::test_check_export_command",
     "python -m pytest -q -m slow": "tests/test_readme.py::test_make_targets_run_the_readme_test_commands",
+    "python3 -m verl.trainer.main_ppo":
+        "tests/test_integrations.py::test_verl_custom_reward_function_through_naive_reward_manager",
 }
 
 

@@ -6,6 +6,9 @@ Supported rows (JSON objects):
   * conversational (TRL)         ``chosen``/``rejected`` as ``[{"role", "content"}, ...]``, optional ``prompt`` messages
   * optional ``margin``, ``score_chosen``/``score_rejected``, ``subset`` (RewardBench sections)
   * k-way                        ``{"prompt", "responses": [...], "ranking": [best index, ...]}`` or ``"scores"``
+  * best-of-n (RewardBench 2)    ``{"id"?, "prompt", "chosen": [r, ...], "rejected": [r, ...], "subset"?}``: k chosen
+                                 (tied best) and n rejected (tied worst); ``num_correct`` must equal k when given;
+                                 the prompt is required (without it a list of strings is a malformed conversation)
 
 A pair is the k = 2 case of a ranked group: responses are stored best first with ``ranks`` (0 = best,
 equal ranks are ties), so pairwise and listwise losses read the same structure. Malformed rows raise
@@ -37,6 +40,7 @@ class PreferenceExample:
     margin: float | None = None
     scores: tuple | None = None
     subset: str | None = None
+    row_id: str | None = None  # the row's own "id" (RewardBench 2's Ties pairs rows by it)
 
     @property
     def is_chat(self) -> bool:
@@ -66,6 +70,7 @@ class PreferenceExample:
             "margin": self.margin,
             "scores": None if self.scores is None else list(self.scores),
             "subset": self.subset,
+            "row_id": self.row_id,
         }
 
     @classmethod
@@ -78,6 +83,7 @@ class PreferenceExample:
             margin=rec.get("margin"),
             scores=None if rec.get("scores") is None else tuple(rec["scores"]),
             subset=rec.get("subset"),
+            row_id=rec.get("row_id"),
         )
 
 
@@ -258,6 +264,9 @@ def normalize_row(raw: Any, source: str, row: int) -> PreferenceExample:
         return PreferenceExample(example_id, prompt, tuple(responses), tuple(ranks),
                                  scores=None if scores is None else tuple(scores), subset=subset)
 
+    # RewardBench 2 rows always carry a prompt; without one, a list of strings is a malformed conversation
+    if "prompt" in raw and (_is_response_list(raw.get("chosen")) or _is_response_list(raw.get("rejected"))):
+        return _best_of_n(where, raw, example_id, subset)
     for key in ("chosen", "rejected"):
         if key not in raw:
             raise where.error(key, "missing; a preference row needs 'chosen' and 'rejected' "
@@ -277,6 +286,32 @@ def normalize_row(raw: Any, source: str, row: int) -> PreferenceExample:
     responses = [chosen, rejected]
     prompt = _prompt(where, raw, responses)
     return PreferenceExample(example_id, prompt, tuple(responses), (0, 1), margin, scores, subset)
+
+
+def _is_response_list(value: Any) -> bool:
+    """A list of responses (texts or message lists), as opposed to one conversation (a list of messages)."""
+    return isinstance(value, list) and bool(value) and not isinstance(value[0], dict)
+
+
+def _best_of_n(where: _Row, raw: dict, example_id: str, subset: str | None) -> PreferenceExample:
+    """RewardBench 2's row: every chosen response is tied best (rank 0), every rejected tied worst (rank 1)."""
+    groups = {}
+    for key in ("chosen", "rejected"):
+        value = raw.get(key)
+        if not _is_response_list(value):
+            raise where.error(key, f"expected a non-empty list of responses (like the other side), "
+                                   f"got {_describe(value)}")
+        groups[key] = [_content(where, f"{key}[{i}]", r) for i, r in enumerate(value)]
+    k, n = len(groups["chosen"]), len(groups["rejected"])
+    if raw.get("num_correct") is not None and raw["num_correct"] != k:
+        raise where.error("num_correct", f"is {_describe(raw['num_correct'])} but 'chosen' has {k} responses")
+    row_id = raw.get("id")
+    if row_id is not None and not isinstance(row_id, (str, int)):
+        raise where.error("id", f"expected a string or an integer, got {_describe(row_id)}")
+    responses = groups["chosen"] + groups["rejected"]
+    prompt = _prompt(where, raw, responses)
+    return PreferenceExample(example_id, prompt, tuple(responses), (0,) * k + (1,) * n, subset=subset,
+                             row_id=None if row_id is None else str(row_id))
 
 
 def _prompt(where: _Row, raw: dict, responses: list) -> Content:

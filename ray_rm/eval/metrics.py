@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ray_rm.eval.rewardbench2 import section_of
+
 # RewardBench v1 (allenai/reward-bench): sections and the example counts that weight their subsets.
 # math-prm is counted as 984 (it has 447 rows) so that math weighs as much as the six code subsets.
 REWARDBENCH_SECTIONS = {
@@ -49,6 +51,7 @@ class ScoredExample:
     ranks: list
     lengths: list
     subset: str | None = None
+    row_id: str | None = None  # the row's own id (RewardBench 2's Ties pairs ref:/tied: rows by it)
     truncated: bool = False  # scored after left truncation to the checkpoint's max_length
 
 
@@ -186,12 +189,14 @@ def length_bias(pairs: Pairs) -> dict:
 
 
 def rewardbench_sections(pairs: Pairs) -> dict | None:
-    """Per-subset accuracy and RewardBench v1 section scores; None when no row carries a ``subset``.
+    """Per-subset accuracy and RewardBench v1 section scores; None when no row carries a non-v2 ``subset``.
 
     Known subsets weigh by RewardBench's example counts; unknown ones form an ``Other`` section weighted
-    by their own pair counts. ``score`` is the mean of the sections present, as on the v1 leaderboard.
+    by their own pair counts. ``score`` is the mean of v1's four sections present (Chat, Chat Hard, Safety,
+    Reasoning), as on the v1 leaderboard: ``Other`` is reported but never averaged in. RewardBench 2's
+    sections are scored by ``rewardbench2`` (best-of-n, not pairs) and left out here.
     """
-    present = [s for s in pairs.subset if s is not None]
+    present = [s for s in pairs.subset if s is not None and section_of(s) is None]
     if not present:
         return None
     subsets = {}
@@ -207,7 +212,8 @@ def rewardbench_sections(pairs: Pairs) -> dict | None:
             total = sum(weights.values())
             sections[section] = sum(subsets[n]["accuracy"] * w for n, w in weights.items()) / total
     missing = int(np.sum([s is None for s in pairs.subset]))
-    return {"subsets": subsets, "sections": sections, "score": float(np.mean(list(sections.values()))),
+    four = [sections[name] for name in REWARDBENCH_SECTIONS if name in sections]
+    return {"subsets": subsets, "sections": sections, "score": float(np.mean(four)) if four else math.nan,
             "pairs_without_subset": missing}
 
 

@@ -111,10 +111,11 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
              _table(summary)]
     rb = m["rewardbench"]
     if rb:
-        parts.append(f"<h2>RewardBench-style sections (score {rb['score']:.4f})</h2>")
+        parts.append(f"<h2>RewardBench-style sections (score {_fmt(rb['score'])})</h2>")
         parts.append(_table(list(rb["sections"].items()), ("section", "accuracy")))
         parts.append(_table([(k, v["count"], v["accuracy"]) for k, v in rb["subsets"].items()],
                             ("subset", "pairs", "accuracy")))
+    parts += _rewardbench2_html(report.get("rewardbench2"))
     lb = m["length_bias"]
     parts.append("<h2>Length bias</h2>" + _table(list(lb.items())))
     parts.append("<div class='plots'>" + "".join(
@@ -126,6 +127,18 @@ def render_html(report: dict, images: dict[str, bytes]) -> str:
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{width:32%;min-width:300px}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>RM evaluation</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
+
+
+def _rewardbench2_html(rb2: dict | None) -> list[str]:
+    if not rb2:
+        return []
+    note = "" if rb2["complete"] else " (not all six sections present: not the leaderboard number)"
+    rows = [(name, rb2["counts"].get(name), score) for name, score in rb2["sections"].items()]
+    out = [f"<h2>RewardBench 2 (overall {_fmt(rb2['overall'])}{html.escape(note)})</h2>",
+           _table(rows, ("section", "rows", "score"))]
+    if "ties" in rb2:
+        out.append(_table([(k, v) for k, v in rb2["ties"].items()], ("Ties component", "value")))
+    return out
 
 
 def write_report(out_dir: str | Path, report: dict, chosen: np.ndarray, rejected: np.ndarray) -> dict:

@@ -19,6 +19,7 @@ from ray_rm.errors import DataError, UserError
 from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
+from ray_rm.eval.rewardbench2 import rewardbench2_scores
 from ray_rm.relabel.score import Scored, make_scorer, score_examples
 from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
 
@@ -38,7 +39,8 @@ def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True) -> 
     out = []
     for ex, s in zip(examples, score_examples(scorer, examples, truncate=truncate)):
         if isinstance(s, Scored):
-            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset, s.truncated))
+            out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset, ex.row_id,
+                                     s.truncated))
         else:
             report.drop(*s)
     report.rows_kept = len(out)
@@ -123,7 +125,8 @@ def run_eval(job: EvalJobConfig) -> dict:
         write_scores(out_dir / "scores.parquet", examples)
     truncated = [e.example_id for e in examples if e.truncated]
     report = {"model_path": cfg.model_path, "data_files": list(job.data.eval_files),
-              "accuracy": metrics["accuracy"], "metrics": metrics, "drops": drops.to_dict(),
+              "accuracy": metrics["accuracy"], "rewardbench2": rewardbench2_scores(examples),
+              "metrics": metrics, "drops": drops.to_dict(),
               "truncated": {"examples": len(truncated), "fraction": len(truncated) / len(examples),
                             "example_ids": truncated[:5]},
               "scoring_seconds": round(scored_s, 3)}

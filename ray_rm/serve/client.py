@@ -259,7 +259,7 @@ def _merge(parts: list[dict]) -> dict:
     """Concatenate chunk answers into one: list fields in order, ensemble members per member."""
     first = parts[0]
     out: dict[str, Any] = {k: v for k, v in first.items() if not isinstance(v, (list, dict))}
-    for key in ("rewards", "raw_rewards"):
+    for key in ("rewards", "raw_rewards", "num_tokens"):
         out[key] = [x for p in parts for x in p.get(key, [])]
     if "ensemble" in first:
         ens = {k: v for k, v in first["ensemble"].items() if not isinstance(v, list)}

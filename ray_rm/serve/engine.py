@@ -133,4 +133,5 @@ class RewardEngine:
         out = combine(list(member_rewards), [m.stats for m in self.members], req.normalize,
                       self.cfg.ensemble_penalty, req.clip)
         out["model"] = self.name
+        out["num_tokens"] = [len(s) for s in encoded[0]]  # as the first member tokenized them (usage counts)
         return out

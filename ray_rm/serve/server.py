@@ -3,6 +3,8 @@
 Routes (under the application's route prefix):
   * ``POST /v1/score``   ``{"inputs": [item, ...], "normalize"?, "clip"?}`` -> ``{"rewards", "raw_rewards", "model", ...}``
   * ``POST /get_reward`` OpenRLHF ``--remote_rm_url``: ``{"query": [text, ...]}`` -> ``{"rewards", "scores"}``
+  * ``POST /classify`` (and ``/v1/classify``), ``/v1/embeddings``, ``/pooling``   vLLM/SGLang-compatible
+                         pooling bodies for verl's reward loop (``vllm_api``)
   * ``GET /healthz``     liveness (no auth: probes carry no token), ``GET /v1/models`` the model card
 Every user mistake is a 4xx with ``{"error": message}``; the body is read with a hard size cap before
 parsing. With a token configured, scoring and model routes need ``Authorization: Bearer <token>``.
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_rm.config import from_dict
 from ray_rm.serve.batcher import BatcherClosed
+from ray_rm.serve import vllm_api
 from ray_rm.serve.config import ServeConfig
 from ray_rm.serve.inputs import InputError, parse_json, parse_openrlhf_request, parse_score_request
 
@@ -75,6 +78,7 @@ class RewardServer:
         self._token = self.cfg.resolved_token().encode()
         self.max_body = int(self.cfg.max_body_mb * 1024 * 1024)
         self.engine = RewardEngine(self.cfg)
+        self._label = vllm_api.served_label(self.engine.members[0].model.config)
         log.info("reward server ready: %s (%d model(s)), auth %s", self.engine.name, len(self.engine.members),
                  "on" if self._token else "off")
 
@@ -114,6 +118,25 @@ class RewardServer:
         req = parse_openrlhf_request(body, self.cfg.max_items, self.cfg.normalize, self.cfg.clip)
         out = await self.engine.score(req)
         return {"rewards": out["rewards"], "scores": out["rewards"], "model": out["model"]}
+
+    # ------------------------------------------------------------------ vLLM-compatible pooling routes
+    async def _pooling(self, request: Request, route: vllm_api.Route) -> dict:
+        body = await self._body(request)
+        call = route.parse(body, self.cfg.max_items, self.cfg.normalize, self.cfg.clip)
+        return route.respond(call, await self.engine.score(call.request), self._label)
+
+    @api.post("/classify")
+    @api.post("/v1/classify")
+    async def classify(self, request: Request) -> dict:
+        return await self._pooling(request, vllm_api.CLASSIFY)
+
+    @api.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> dict:
+        return await self._pooling(request, vllm_api.EMBEDDINGS)
+
+    @api.post("/pooling")
+    async def pooling(self, request: Request) -> dict:
+        return await self._pooling(request, vllm_api.POOLING)
 
     # ------------------------------------------------------------------ handle API (in-cluster)
     async def score(self, payload: dict) -> dict:
