@@ -157,8 +157,12 @@ def test_verl_reward_loop_client_scores_through_classify_and_embeddings(server, 
     texts = []
     for a in ANSWERS:
         text = rm_tokenizer.apply_chat_template(QUESTION + [{"role": "assistant", "content": a}], tokenize=False)
-        texts.append(text[len(rm_tokenizer.bos_token):] if text.startswith(rm_tokenizer.bos_token) else text)
+        bos = rm_tokenizer.bos_token  # None for SmolLM2's export (ray_rm_scoring.json: a template-only BOS)
+        texts.append(text[len(bos):] if bos is not None and text.startswith(bos) else text)
     want = _v1_score(f"http://{server}/v", [{"text": t} for t in texts])
+    # ...which is the trained sequence: the same rewards as the conversation itself (no hidden tokens)
+    chats = [{"messages": QUESTION + [{"role": "assistant", "content": a}]} for a in ANSWERS]
+    assert _close(want, _v1_score(f"http://{server}/v", chats))
     for engine in ("vllm", "sglang"):
         worker = _verl_worker(wheel, f"{server}/v", engine, exported_tiny_rm, rm_tokenizer, policy_tokenizer)
 
