@@ -31,6 +31,8 @@ def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, ti
     assert 40 <= kept <= 48 and summary["steps"] > 0 and summary["pairs_seen"] == 5 * kept
     assert 0.0 <= summary["final_metrics"]["eval/rm/accuracy"] <= 1.0
     assert json.loads((out / "summary.json").read_text())["hf_checkpoint"] == str(out / "hf")
+    check = summary["export_check"]  # the self-test ran on training examples + the built-in ones
+    assert check["passed"] and check["items"] >= 8 and check["max_abs_diff"] < 1e-4, check
 
     # the exported checkpoint, loaded by plain transformers, gives ray_rm's rewards for the same text
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

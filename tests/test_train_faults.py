@@ -83,10 +83,7 @@ def assert_same_as_reference(out: Path, reference):
 
 def test_killed_job_resumes_at_the_next_row(reference, tiny_decoder_dir, tmp_path):
     out = tmp_path / "resumed"
-    schema_defaults = tmp_path / "defaults.yaml"  # like tiny_config: no --config would mean the demo's settings
-    schema_defaults.write_text("{}\n")
-    cmd = [sys.executable, str(REPO / "jobs" / "train_rm.py"), "--config", str(schema_defaults),
-           *tiny_overrides(tiny_decoder_dir, out, **RUN)]
+    cmd = [sys.executable, str(REPO / "jobs" / "train_rm.py"), *tiny_overrides(tiny_decoder_dir, out, **RUN)]
     earlier = set(train_processes())  # e.g. the reference run's idle controller
     job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=dict(os.environ, PYTHONPATH=str(REPO)))

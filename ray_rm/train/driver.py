@@ -174,6 +174,16 @@ def run_training(cfg: TrainJobConfig) -> dict:
         # Ray Train answers Ctrl-C by aborting the run gracefully, then the driver's pending ray.get raises
         # SystemExit(1): report it as the interrupt it was (cli.run_job stops the cluster, exits 130).
         raise KeyboardInterrupt("training aborted by Ctrl-C") from exc
+    return _finish(cfg, result, model_path, train, evald, {"run_name": run_name, "storage_path": str(storage),
+                                                           "started": started})
+
+
+def _finish(cfg: TrainJobConfig, result, model_path: str, train: PreparedData, evald: PreparedData | None,
+            run: dict) -> dict:
+    """Copy the export out of the final checkpoint, self-test it, write summary.json, print the verdicts.
+
+    The summary is written before a failed export check raises, so the failure is on record."""
+    out = Path(cfg.output_dir)
     hf_dir = out / "hf"
     with result.checkpoint.as_directory() as ckpt:
         if not (Path(ckpt) / "hf").is_dir():
@@ -183,11 +193,12 @@ def run_training(cfg: TrainJobConfig) -> dict:
         shutil.copytree(Path(ckpt) / "hf", hf_dir)
     check = _check_export(cfg, model_path, hf_dir)
     metrics = dict(result.metrics or {})
+    reports = {"train": train.report.to_dict(), "eval": evald.report.to_dict() if evald else None}
     summary = {
-        "hf_checkpoint": str(hf_dir), "run_name": run_name, "storage_path": str(storage),
+        "hf_checkpoint": str(hf_dir), "run_name": run["run_name"], "storage_path": run["storage_path"],
         "steps": metrics.get("global_step"), "pairs_seen": metrics.get("pairs_seen"),
         "tokens_seen": metrics.get("tokens_seen"), "skipped_micro_batches": metrics.get("skipped_micro_batches"),
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": round(time.time() - run["started"], 1),
         "final_metrics": {k: v for k, v in metrics.items() if k.startswith(("eval/", "train/"))},
         "data": {"train_rows_packed": train.num_rows, "train_groups": train.num_groups,
                  "train_tokens": train.num_tokens, "max_length": cfg.data.max_length,
@@ -197,7 +208,8 @@ def run_training(cfg: TrainJobConfig) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [usage_line("train data", train.report)] + ([usage_line("eval data", evald.report)] if evald else [])
-    print("\n".join(lines + [check.format().splitlines()[0] if check.passed else check.format()]), flush=True)
+    verdict = check.format() if check.passed else check.format().splitlines()[0]  # failures: the job's error
+    print("\n".join(lines + ["[ray_rm] " + verdict]), flush=True)
     from ray_rm.model.export_check import require_passed
 
     require_passed(check)
