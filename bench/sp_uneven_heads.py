@@ -4,8 +4,8 @@ back) forward + backward on S gloo processes, for head counts S divides and does
 Each configuration times ``SequenceParallelContext.attention`` on random q/k/v over one packed row of
 ``--tokens`` tokens in ``--segment``-token blocks (head_dim 64), as the SP train step runs it per layer.
 A rank's time is its own forward + backward; the step waits for the slowest rank, so the figure is the
-best of the repetitions (configurations interleaved, so background load on a shared machine hits
-them alike; the median is reported too) of the slowest rank. The comparison that matters:
+median over repetitions (configurations interleaved, so background load on a shared machine hits them
+alike; the best repetition is reported too) of the slowest rank. The comparison that matters:
   * ``uneven`` (9 heads on 2 ranks: 5 + 4) vs the even split it would ideally be, scaled from 8 heads
     (4 + 4): ``t(9) / (t(8) * 9 / 8) - 1`` is the extra cost of the uneven split per head of work;
   * zero-padding 9 heads to 10 (5 + 5, what the alternative design would run) bounds it from above.
@@ -72,7 +72,7 @@ def _time_rank(rank: int, size: int, port: int, configs: list, tokens: int, segm
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the step waits for the slowest rank
             if i >= 2:
                 times[c].append(float(elapsed))
-    results = {f"{h}h/{kv}kv": {"heads": h, "kv_heads": kv, "seconds": min(ts), "median_seconds": statistics.median(ts),
+    results = {f"{h}h/{kv}kv": {"heads": h, "kv_heads": kv, "seconds": statistics.median(ts), "best_seconds": min(ts),
                                 "heads_per_rank": sp_counts(h, size)} for (h, kv), ts in times.items()}
     if rank == 0:
         Path(out).write_text(json.dumps(results))
