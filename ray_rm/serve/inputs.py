@@ -5,7 +5,7 @@ Pure Python (no Ray, no torch), so hostile inputs are cheap to test. Every probl
 An item is one of:
   * ``{"messages": [{"role", "content"}, ...]}``   the RM's chat template is applied
   * ``{"prompt": str | messages, "response": str | messages}``   tokenized like training rows
-  * ``{"text": str}``                                scored as given (special tokens + EOS, as training)
+  * ``{"text": str}``                                scored as given: ``tokenizer(text)``, nothing appended
   * ``{"input_ids": [int, ...]}``                    only for callers that use the RM's own tokenizer
 """
 from __future__ import annotations
