@@ -16,7 +16,8 @@ Both take ``subset`` (str) and ``id`` (str or int). ``prompt`` and ``response`` 
 and a message prompt with a text response is an error, as for preference pairs in ``formats``.
 
 Attribute names: configured (``AttributeSchema(names)``), or read from the first rated row
-(``AttributeSchema.from_row``), in that row's order. On every row, an attribute outside the schema is a
+(``AttributeSchema.from_row``), in that row's order (its numeric fields or ``scores`` keys; configure the
+names when the first row lacks one or carries a numeric metadata column). On every row, an attribute outside the schema is a
 ``DataError`` naming it (unless the schema says ``extra="ignore"``), a value that is not a finite number
 (a string, a bool, NaN, inf) is a ``DataError`` naming the field, ``null`` or an absent attribute is
 ``None``, and a row with no attribute value at all is a ``DataError``.
