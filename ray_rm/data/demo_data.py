@@ -79,15 +79,3 @@ def make_row(name: str, index: int) -> dict:
         "subset": family,
     }
 
-
-def builtin_rows(source: str, size: int, start: int, stop: int, count_only: bool = False):
-    """Rows [start, stop) of ``builtin:<name>``; with count_only, the number of rows."""
-    name = source.split(":", 1)[1]
-    if name not in SETS:
-        from ray_rm.errors import DataError
-        raise DataError(f"unknown built-in data set '{source}'; available: "
-                        + ", ".join(f"builtin:{n}" for n in SETS))
-    n = max(1, size // SETS[name][1])
-    if count_only:
-        return n
-    return [make_row(name, i) for i in range(start, min(stop, n))]

@@ -136,7 +136,7 @@ def _count_rows(source: str, kind: str, builtin_size: int) -> int:
     if kind in ("hf_disk", "hf_hub"):
         return len(_load_hf(source, kind))
     if kind == "builtin":
-        from ray_rm.data.demo_data import builtin_rows
+        from ray_rm.data.builtin_sets import builtin_rows
         return builtin_rows(source, builtin_size, 0, 0, count_only=True)
     raise AssertionError(kind)
 
@@ -223,7 +223,7 @@ def read_task_rows(task: ReadTask) -> Iterator[tuple[int, object]]:
         for i, row in enumerate(ds.select(range(task.start, task.stop)), start=task.start):
             yield i + 1, row
     elif task.kind == "builtin":
-        from ray_rm.data.demo_data import builtin_rows
+        from ray_rm.data.builtin_sets import builtin_rows
         for i, row in enumerate(builtin_rows(task.source, task.builtin_size, task.start, task.stop),
                                 start=task.start):
             yield i + 1, row
