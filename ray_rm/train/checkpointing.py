@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ray_rm.train.collectives import all_reduce_floats
+
 STATE_FILE = "train_state.json"
 TAG = "ds"
 
@@ -36,10 +38,10 @@ class TrainState:
 
 
 def params_finite(engine) -> bool:
-    local = all(bool(torch.isfinite(p.data).all()) for p in engine.module.parameters() if p.data.numel())
-    flag = torch.tensor([1.0 if local else 0.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    """True on every rank when no rank holds a NaN/inf parameter (ZeRO-3: each checks its own partition)."""
+    checks = [torch.isfinite(p.data).all() for p in engine.module.parameters() if p.data.numel()]
+    local = bool(torch.stack(checks).all()) if checks else True
+    return all_reduce_floats([1.0 if local else 0.0], op="min")[0] == 1.0
 
 
 def save(engine, state: TrainState, metrics: dict, exclude_frozen: bool, extra_files: dict | None = None) -> None:
