@@ -37,3 +37,14 @@ def test_serve_throughput_bench_runs(tmp_path):
 def test_relabel_throughput_bench_runs(tmp_path):
     result = run_bench("relabel_throughput", tmp_path, "--rows", "4", "--rows-per-task", "2", "--repeats", "1")
     assert "bare" in json.dumps(result)
+
+
+def test_gpu_bench_cpu_smoke_runs(tmp_path):
+    """bench/gpu_check.sh's bench at a tiny size on CPU (real DeepSpeed step, real serve engine), so it cannot rot."""
+    result = run_bench("gpu_bench", tmp_path, "--cpu-smoke")
+    train = result["train"]
+    assert {"packed_shared", "packed_unshared", "padded"} <= set(train)
+    assert all(train[k]["pairs_per_s"] > 0 and train[k]["tflops_per_s"] >= 0 for k in ("packed_shared", "padded"))
+    assert train["packed_shared"]["attention"] == "sdpa_blocks" and train["packed_shared"]["zero_stage"] == 0
+    serve = result["serve"]
+    assert set(serve["levels"]) == {"1", "2"} and serve["max_abs_reward_diff"] < 1e-4  # same rewards both ways
