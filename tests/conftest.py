@@ -138,6 +138,10 @@ def ray_local():
                                            # test-module functions run in workers (pickled by reference);
                                            # the checkout first, so workers run the code under test even
                                            # when another checkout is pip-installed (git worktrees)
-                                           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}})
+                                           # (plus the driver's own path: where Ray itself may live, e.g.
+                                           # the GPU check's carried site-packages)
+                                           "PYTHONPATH": os.pathsep.join(
+                                               p for p in (str(REPO), str(REPO / "tests"),
+                                                           os.environ.get("PYTHONPATH", "")) if p)}})
     yield ray
     ray.shutdown()

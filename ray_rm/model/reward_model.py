@@ -25,10 +25,24 @@ class RewardOutput:
     token_values: torch.Tensor | None = None  # [T] float32 value-head output at every position
 
 
+class FP32Linear(nn.Linear):
+    """The value head: a Linear that computes in fp32 whatever its parameters' dtype.
+
+    DeepSpeed bf16/fp16 keeps a 16-bit copy of every module parameter (the fp32 masters live in its
+    optimizer), so the head upcasts here and rewards never pass through a 16-bit rounding. It is still
+    called as a module, so ZeRO-3's hooks gather its partitioned weights first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.float() if self.bias is not None else None
+        return F.linear(x.float(), self.weight.float(), bias)
+
+
 class RewardModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Linear, *, kind: str, pooling: str, attn_implementation: str,
                  attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model"):
         super().__init__()
+        if type(head) is nn.Linear:
+            head.__class__ = FP32Linear  # same parameters and state dict, fp32 arithmetic
         self.backbone, self.head = backbone, head
         self.kind, self.pooling = kind, pooling
         self.attn_implementation, self.attn_backend = attn_implementation, attn_backend
@@ -101,11 +115,7 @@ class RewardModel(nn.Module):
         return sums / batch.seq_lens[:, None].to(hidden.dtype)
 
     def _head(self, states: torch.Tensor) -> torch.Tensor:
-        """The value head in fp32 whatever the training dtype: DeepSpeed bf16/fp16 keeps a low-precision copy of
-        every parameter in the module (fp32 masters live in the optimizer), so the head is upcast here and the
-        reward never passes through a 16-bit rounding."""
-        bias = self.head.bias.float() if self.head.bias is not None else None
-        return F.linear(states.float(), self.head.weight.float(), bias).squeeze(-1)
+        return self.head(states).squeeze(-1)
 
     def forward(self, batch: ModelBatch, token_values: bool = False, sp=None) -> RewardOutput:
         hidden = self._backbone_forward(batch, sp)
