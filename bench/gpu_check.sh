@@ -28,8 +28,8 @@ if [ -d "$REPO/.whl" ]; then
 fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_AUTH_MODE=disabled TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-"$PY" - > "$RESULTS/env.json" <<'EOF'
-import json, platform, subprocess
+"$PY" - "$RESULTS/env.json" <<'EOF'
+import json, platform, shutil, subprocess, sys
 import torch
 out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -40,9 +40,11 @@ for name in ("transformers", "peft", "ray", "deepspeed", "pydantic", "flash_attn
         out[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
 from ray_rm.model.attn_backends import REGISTRY
 out["attention"] = {n: REGISTRY[n].refusal("cuda", torch.bfloat16, set()) or "ok" for n in REGISTRY}
-out["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,power.limit",
-                                    "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-print(json.dumps(out, indent=2))
+if shutil.which("nvidia-smi"):
+    out["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,power.limit",
+                                        "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+with open(sys.argv[1], "w") as fh:
+    json.dump(out, fh, indent=2)
 EOF
 cat "$RESULTS/env.json"
 
