@@ -165,3 +165,18 @@ def test_optimizer_offload_steps_with_deepspeed_cpu_adam(tiny_decoder_dir, tmp_p
     res = run_deepspeed(tiny_decoder_dir, rows, tmp_path, **{"train.zero_stage": 2, "train.offload_optimizer": True})
     assert res["optimizer"] == "DeepSpeedCPUAdam"
     assert all(torch.isfinite(torch.tensor(res["losses"])))
+
+
+def test_fp16_trains_with_dynamic_loss_scaling_and_fp32_masters():
+    """DeepSpeed's own config parser reads fp16 with loss_scale 0 (dynamic), and mixed precision never runs
+    ZeRO stage 0 (whose fp16 optimizer would hide the fp32 masters from the export)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from ray_rm.config_schema import TrainConfig
+    from ray_rm.train.engine import deepspeed_config, effective_zero_stage
+
+    tc = TrainConfig(zero_stage=0)
+    fp16 = DeepSpeedConfig(deepspeed_config(tc, torch.float16)).float16_config
+    assert fp16.enabled and fp16.loss_scale == 0 and fp16.initial_scale_power == 16
+    assert not DeepSpeedConfig(deepspeed_config(tc, torch.bfloat16)).float16_config.enabled
+    assert [effective_zero_stage(tc, 1, d) for d in (torch.float16, torch.bfloat16, torch.float32)] == [1, 1, 0]
