@@ -48,9 +48,11 @@ class ModelConfig:
     kind: str = opt("auto", "auto | decoder | encoder (auto: from the model config)")
     pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder)")
     attn_implementation: str = opt("auto",
-                                   "auto | varlen (per-segment attention, CPU default) | flash_attention_2 (GPU "
-                                   "varlen) | sdpa (whole-row block mask, the reference) | eager")
-    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+                                   "auto | varlen (= auto: torch's varlen flash kernel on CUDA in bf16/fp16, SDPA "
+                                   "blocks otherwise) | torch_varlen | flash_attention_2 (needs the flash-attn "
+                                   "package) | sdpa_blocks | sdpa (whole-row block mask, the reference) | eager")
+    dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16 "
+                             "(GPU only: DeepSpeed dynamic loss scaling)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     head_init_std: float = opt(0.0, "value head init std; 0 = 1/sqrt(hidden+1)")
     keep_dropout: bool = opt(False, "keep the backbone's dropout (off by default: dropout hurts RM training)")
@@ -90,7 +92,8 @@ class TrainConfig:
     placement_strategy: str = opt("PACK", "how workers are placed on nodes: PACK (fill a node first) | SPREAD "
                                           "(one per node where possible) | STRICT_PACK | STRICT_SPREAD")
     zero_stage: int = opt(2, "DeepSpeed ZeRO stage 0-3")
-    offload_optimizer: bool = opt(False, "ZeRO offload of optimizer states to CPU (DeepSpeedCPUAdam)")
+    offload_optimizer: bool = opt(False, "ZeRO offload of optimizer states to CPU (stepped by DeepSpeedCPUAdam, "
+                                         "JIT-built once)")
     offload_params: bool = opt(False, "ZeRO-3 offload of parameters to CPU")
     sequence_parallel_size: int = opt(1, "Ulysses sequence parallelism: workers that share one packed row")
     loss: str = opt("bt", "bt | logexp | margin | internlm2 | token_divergence | ce2 | mse | listwise")
@@ -131,8 +134,9 @@ class ScoringOptions:
     actors: int = opt(1, "scoring actors (model replicas) in the Ray Data actor pool")
     cpus_per_actor: float = opt(1.0, "CPUs reserved per actor; torch uses this many threads (at least 1)")
     gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
-    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
-    attn_implementation: str = opt("auto", "auto | varlen | flash_attention_2 | sdpa | eager")
+    dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16")
+    attn_implementation: str = opt("auto", "auto | varlen | torch_varlen | flash_attention_2 | sdpa_blocks | sdpa "
+                                           "| eager")
     progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
 
 

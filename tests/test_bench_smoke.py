@@ -43,3 +43,14 @@ def test_sp_uneven_heads_bench_runs(tmp_path):
     result = run_bench("sp_uneven_heads", tmp_path, "--tokens", "256", "--segment", "64", "--repeats", "1")
     assert set(result["configs"]) == {"8h/8kv", "9h/9kv", "10h/10kv", "9h/3kv"}
     assert result["configs"]["9h/9kv"]["heads_per_rank"] == [5, 4] and result["ideal_extra_uneven"] > 0
+
+
+def test_gpu_bench_cpu_smoke_runs(tmp_path):
+    """bench/gpu_check.sh's bench at a tiny size on CPU (real DeepSpeed step, real serve engine), so it cannot rot."""
+    result = run_bench("gpu_bench", tmp_path, "--cpu-smoke")
+    train = result["train"]
+    assert {"packed_shared", "packed_unshared", "padded"} <= set(train)
+    assert all(train[k]["pairs_per_s"] > 0 and train[k]["tflops_per_s"] >= 0 for k in ("packed_shared", "padded"))
+    assert train["packed_shared"]["attention"] == "sdpa_blocks" and train["packed_shared"]["zero_stage"] == 0
+    serve = result["serve"]
+    assert set(serve["levels"]) == {"1", "2"} and serve["max_abs_reward_diff"] < 1e-4  # same rewards both ways

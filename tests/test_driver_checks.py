@@ -18,7 +18,7 @@ def test_sequence_parallel_beyond_the_head_count_fails_before_ray_starts(tiny_de
         run_training(cfg)
     cfg = tiny_config(tiny_decoder_dir, tmp_path / "x", **{"train.sequence_parallel_size": 2,
                                                            "model.attn_implementation": "sdpa"})
-    with pytest.raises(UserError, match="needs model.attn_implementation auto"):
+    with pytest.raises(UserError, match="sequence_parallel_size=2 needs ray_rm.s varlen attention"):
         run_training(cfg)
     assert not ray.is_initialized() and not (tmp_path / "x").exists()
 

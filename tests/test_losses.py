@@ -139,3 +139,16 @@ def test_token_divergence_after_first_differing_token(share_prompt):
     expected = sum(-math.log(sig(float(d))) for d in diffs) / 2
     terms, _ = run("token_divergence", batch, torch.tensor([0.0, 0.0]), token_values=values)
     assert terms["token_divergence"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_losses_never_read_device_values_on_the_host(name):
+    """On the meta device every value read (.tolist(), float(), bool(), mask indexing) raises: a loss that
+    runs there never waits for the GPU. Index data is built on the CPU by collate_row instead."""
+    g3 = TokenizedGroup("k", [[1, 2, 3], [1, 2, 4, 5], [1, 6]], [0, 1, 2], 1, NAN, [3.0, 1.0, 0.5])
+    batch = collate_row(row_of([pair("a", [1, 2, 3], [1, 2, 4, 5], margin=2.0, common=2), g3], True)).to("meta")
+    rewards = torch.zeros(batch.num_sequences, device="meta", requires_grad=True)
+    values = torch.zeros(batch.input_ids.shape[1], device="meta")
+    res = compute_loss(RewardOutput(rewards, values), batch, LossSettings(name=name, center_rewards_coefficient=0.01))
+    assert all(v.device.type == "meta" for v, _ in res.terms.values())
+    assert res.counts["pairs"] == 4 and all(s.device.type == "meta" for s in res.stats.values())

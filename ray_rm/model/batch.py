@@ -2,9 +2,14 @@
 
 One micro-batch is one packed row (batch dimension 1): the token budget, not a pair count, bounds
 memory. Sequence parallelism pads the row to a multiple of its size with a separate, unread block.
+
+Everything a loss needs to index with (the (better, worse) pairs of each group, and the aligned token
+positions of the token-divergence loss) is computed here, on the CPU, while the row is collated: the
+losses then only gather on the device and never wait for the host (no ``.tolist()`` per micro-batch).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -30,6 +35,15 @@ class ModelBatch:
     group_margins: torch.Tensor  # [G] float, NaN = none
     group_ids: list  # [G] example ids
     num_real_tokens: int  # tokens before sequence-parallel padding
+    num_scored: int  # sequences that carry a score
+    group_size_list: list  # [G] group sizes on the host (loops over groups never read the device)
+    pair_better: torch.Tensor  # [P] sequence index of the better response of each ranked pair
+    pair_worse: torch.Tensor  # [P]
+    pair_margin: torch.Tensor  # [P] float: the row's margin (pairs) / score difference (k-way), 0 when none
+    token_better: torch.Tensor  # [A] row positions of the aligned tokens of the better responses
+    token_worse: torch.Tensor  # [A] the same offsets in the worse responses
+    token_pair: torch.Tensor  # [A] pair each aligned token belongs to
+    token_count: torch.Tensor  # [P] aligned tokens per pair (after the first differing token)
 
     @property
     def num_sequences(self) -> int:
@@ -38,6 +52,10 @@ class ModelBatch:
     @property
     def num_groups(self) -> int:
         return len(self.group_ids)
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.pair_better.numel())
 
     def to(self, device) -> "ModelBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -68,6 +86,9 @@ def collate_row(row: PackedRow, pad_to_multiple: int = 1, pad_token_id: int = 0)
             pos += row.seq_lens[seq]
             seq += 1
     long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    better, worse, margin = ranked_pairs(row.seq_ranks, row.seq_scores, row.group_sizes, row.group_margins)
+    aligned = aligned_tokens(better, worse, own_start, row.seq_full_lens,
+                             [row.group_common_lens[g] for g in row.seq_group])
     return ModelBatch(
         input_ids=long(input_ids)[None], position_ids=long(position_ids)[None], blocks=blocks,
         reward_index=long(row.reward_index), seq_start=long(seq_start), own_start=long(own_start),
@@ -75,5 +96,39 @@ def collate_row(row: PackedRow, pad_to_multiple: int = 1, pad_token_id: int = 0)
         seq_ranks=long(row.seq_ranks), seq_scores=torch.tensor(row.seq_scores, dtype=torch.float32),
         group_sizes=long(row.group_sizes), group_common_lens=long(row.group_common_lens),
         group_margins=torch.tensor(row.group_margins, dtype=torch.float32), group_ids=list(row.group_ids),
-        num_real_tokens=real,
+        num_real_tokens=real, num_scored=sum(1 for x in row.seq_scores if math.isfinite(x)),
+        group_size_list=list(row.group_sizes), pair_better=long(better), pair_worse=long(worse),
+        pair_margin=torch.tensor(margin, dtype=torch.float32), **aligned,
     )
+
+
+def ranked_pairs(ranks: list, scores: list, group_sizes: list, margins: list) -> tuple[list, list, list]:
+    """All (better, worse) sequence pairs of every group, from ranks (ties form no pair), with margins."""
+    better, worse, margin = [], [], []
+    start = 0
+    for g, size in enumerate(group_sizes):
+        for i in range(start, start + size):
+            for j in range(start, start + size):
+                if ranks[i] < ranks[j]:
+                    better.append(i)
+                    worse.append(j)
+                    m = margins[g] if size == 2 else scores[i] - scores[j]
+                    margin.append(m if math.isfinite(m) else 0.0)
+        start += size
+    return better, worse, margin
+
+
+def aligned_tokens(better: list, worse: list, own_start: list, full_lens: list, common_lens: list) -> dict:
+    """Row positions of the token pairs the token-divergence loss compares.
+
+    Pair p compares its responses token by token from the first differing token (the group's common
+    prefix ends there) over the shorter response: ``min(len_b, len_w) - common`` offsets."""
+    counts = [max(0, min(full_lens[b], full_lens[w]) - common_lens[b]) for b, w in zip(better, worse)]
+    n = torch.tensor(counts, dtype=torch.long)
+    pair = torch.repeat_interleave(torch.arange(len(counts)), n)
+    offset = torch.arange(int(n.sum())) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+    starts = torch.tensor(own_start, dtype=torch.long)
+    b_start = starts[torch.tensor(better, dtype=torch.long)] if better else starts[:0]
+    w_start = starts[torch.tensor(worse, dtype=torch.long)] if worse else starts[:0]
+    return {"token_better": b_start[pair] + offset, "token_worse": w_start[pair] + offset, "token_pair": pair,
+            "token_count": n}

@@ -15,6 +15,7 @@ from ray_rm.assets import resolve_model_path
 from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.errors import UserError
 from ray_rm.model import attention
+from ray_rm.model.attn_backends import model_needs
 from ray_rm.model.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
@@ -31,24 +32,42 @@ def detect_kind(hf_config, requested: str = "auto") -> str:
     return "encoder" if hf_config.model_type in ENCODER_TYPES else "decoder"
 
 
-def resolve_attn(requested: str, device_type: str) -> tuple[str, str]:
-    """(transformers attn_implementation, ray_rm plan backend) for a config value."""
-    if requested in ("auto", "varlen"):
-        return attention.ATTN_NAME, "auto"
-    if requested == "flash_attention_2":
-        if not (device_type == "cuda" and attention.flash_available()):
-            raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn package "
-                            "(pip install 'ray_rm[gpu]'); use 'auto' to fall back to varlen attention")
-        return attention.ATTN_NAME, "flash"
+ATTN_ALIASES = {"auto": "auto", "varlen": "auto", "flash_attention_2": "flash_attn"}
+
+
+def attn_choices() -> tuple:
+    return (*ATTN_ALIASES, *attention.REGISTRY, "sdpa", "eager")
+
+
+def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = None,
+                 needs: set = frozenset()) -> tuple[str, str]:
+    """(transformers attn_implementation, ray_rm attention backend) for a config value on this device/dtype.
+
+    ``auto``/``varlen`` take the first backend of ``attn_backends.AUTO_ORDER`` that runs here (torch's
+    varlen flash kernel on CUDA in bf16/fp16, else SDPA blocks; fp32 on CUDA therefore uses SDPA blocks);
+    a named backend (``flash_attention_2`` = ``flash_attn``) is refused with its reason when it cannot run."""
     if requested in ("sdpa", "eager"):
         return requested, "dense"
-    raise UserError(f"model.attn_implementation must be auto, varlen, flash_attention_2, sdpa or eager, "
-                    f"got '{requested}'")
+    name = ATTN_ALIASES.get(requested, requested)
+    if name != "auto" and name not in attention.REGISTRY:
+        raise UserError(f"model.attn_implementation must be one of {', '.join(attn_choices())}, got '{requested}'")
+    backend, notes = attention.select(name, device_type, dtype, needs)
+    if backend is None:
+        hint = " (pip install flash-attn builds it from source)" if name == "flash_attn" else ""
+        raise UserError(f"model.attn_implementation={requested} cannot run with model.dtype="
+                        f"{str(dtype).removeprefix('torch.')} on {device_type}: {'; '.join(notes)}{hint}; "
+                        "use 'auto' to pick a backend that can")
+    for note in notes:
+        log.info("attention backend %s passed over: %s", *note.split(": ", 1))
+    return attention.ATTN_NAME, backend
 
 
 def resolve_dtype(requested: str, device_type: str) -> torch.dtype:
+    """auto: bf16 on CUDA GPUs that support it (Ampere and newer), else fp32; fp16 is opt-in (loss-scaled)."""
     if requested == "auto":
-        return torch.bfloat16 if device_type == "cuda" else torch.float32
+        if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
     except KeyError:
@@ -91,9 +110,10 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
     hf_config = AutoConfig.from_pretrained(path)
     kind = detect_kind(hf_config, cfg.kind)
     pooling = _pooling(kind, cfg.pooling)
-    attn_impl, backend = resolve_attn(cfg.attn_implementation, device.type)
-    attention.register()
     dtype = resolve_dtype(cfg.dtype, device.type)
+    attn_impl, backend = resolve_attn(cfg.attn_implementation, device.type, dtype,
+                                      model_needs(hf_config, training_dropout=cfg.keep_dropout))
+    attention.register()
     hf_config.num_labels = 1
     if not cfg.keep_dropout:
         _disable_dropout(hf_config)
@@ -109,7 +129,7 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         head.weight.normal_(0.0, std)
         if head.bias is not None:
             head.bias.zero_()
-    head.float()  # the head trains in fp32 even when the backbone is bf16
+    head.float()  # fp32 master weights; under DeepSpeed bf16 the module copy is bf16 but it computes in fp32
     if cfg.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.r > 0:
@@ -134,12 +154,17 @@ def _qlora_config(device: torch.device, dtype: torch.dtype):
 
 
 def _wrap_lora(backbone, lora: LoraConfig, gradient_checkpointing: bool):
+    """LoRA adapters on the backbone. For QLoRA nothing is upcast to fp32 first (peft's
+    prepare_model_for_kbit_training would, and DeepSpeed bf16 casts every parameter back): the frozen
+    non-quantized weights stay in the model dtype, adapters and head keep fp32 masters in the optimizer,
+    and the head computes in fp32 (``RewardModel._head``)."""
     import peft
 
     if lora.quantize_4bit:
-        backbone = peft.prepare_model_for_kbit_training(
-            backbone, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        if gradient_checkpointing:  # the frozen 4-bit embeddings give no grad for checkpointed segments to follow
+            backbone.enable_input_require_grads()
     targets = lora.target_modules
     peft_cfg = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                target_modules=targets[0] if targets == ["all-linear"] else targets, bias="none")
@@ -159,10 +184,10 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     meta = getattr(hf_config, "ray_rm", None) or {}
     kind = meta.get("kind") or detect_kind(hf_config)
     pooling = meta.get("pooling") or _pooling(kind, "auto")
-    attn_impl, backend = resolve_attn(attn_implementation, device.type)
+    torch_dtype = resolve_dtype(dtype, device.type)
+    attn_impl, backend = resolve_attn(attn_implementation, device.type, torch_dtype, model_needs(hf_config))
     attention.register()
-    clf = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=resolve_dtype(dtype, device.type), attn_implementation=attn_impl)
+    clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
     model = _split(clf, kind, pooling, attn_impl, backend)
     model.head.float()
     return model.to(device).eval()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ray_rm.model.attention import ATTN_NAME, AttentionPlan, dense_block_mask
@@ -24,10 +25,24 @@ class RewardOutput:
     token_values: torch.Tensor | None = None  # [T] float32 value-head output at every position
 
 
+class FP32Linear(nn.Linear):
+    """The value head: a Linear that computes in fp32 whatever its parameters' dtype.
+
+    DeepSpeed bf16/fp16 keeps a 16-bit copy of every module parameter (the fp32 masters live in its
+    optimizer), so the head upcasts here and rewards never pass through a 16-bit rounding. It is still
+    called as a module, so ZeRO-3's hooks gather its partitioned weights first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.float() if self.bias is not None else None
+        return F.linear(x.float(), self.weight.float(), bias)
+
+
 class RewardModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Linear, *, kind: str, pooling: str, attn_implementation: str,
                  attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model"):
         super().__init__()
+        if type(head) is nn.Linear:
+            head.__class__ = FP32Linear  # same parameters and state dict, fp32 arithmetic
         self.backbone, self.head = backbone, head
         self.kind, self.pooling = kind, pooling
         self.attn_implementation, self.attn_backend = attn_implementation, attn_backend
@@ -55,10 +70,34 @@ class RewardModel(nn.Module):
         else:  # sdpa / eager: the dense block mask, the reference implementation
             if sp is not None:
                 raise ValueError("sequence parallelism needs attn_implementation varlen/flash (ray_rm_varlen)")
-            mask = dense_block_mask(batch.blocks, input_ids.shape[1], self.causal).to(input_ids.device)
+            mask = self._dense_masks(batch, input_ids.shape[1], input_ids.device)
         out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
                             **kwargs)
         return out.last_hidden_state[0]  # [T (local under SP), H]
+
+    def _dense_masks(self, batch: ModelBatch, total: int, device):
+        """The block mask, plus its sliding-window variant for models with sliding layers.
+
+        transformers' own masks: causal windows keep keys with q - k < w, bidirectional ones |q - k| <= w
+        (masking_utils); models with ``layer_types`` take a {layer type: mask} mapping."""
+        full = self._as_mask(dense_block_mask(batch.blocks, total, self.causal), device)
+        window = getattr(self.config, "sliding_window", None)
+        layer_types = getattr(self.config, "layer_types", None) or []
+        if window is None or (layer_types and "sliding_attention" not in layer_types):
+            return full
+        windowed = self._as_mask(dense_block_mask(batch.blocks, total, self.causal,
+                                                  window if self.causal else window + 1), device)
+        if not layer_types:
+            return windowed
+        return {t: windowed if t == "sliding_attention" else full for t in set(layer_types)}
+
+    def _as_mask(self, allowed: torch.Tensor, device) -> torch.Tensor:
+        """SDPA takes the boolean mask; eager adds its mask to the scores, so it gets 0 / -inf-like floats."""
+        allowed = allowed.to(device)
+        if self.attn_implementation != "eager":
+            return allowed
+        dtype = next(self.backbone.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def _pool(self, hidden: torch.Tensor, batch: ModelBatch, index: torch.Tensor) -> torch.Tensor:
         if self.kind == "decoder" or self.pooling == "last":
@@ -76,7 +115,7 @@ class RewardModel(nn.Module):
         return sums / batch.seq_lens[:, None].to(hidden.dtype)
 
     def _head(self, states: torch.Tensor) -> torch.Tensor:
-        return self.head(states.to(self.head.weight.dtype)).squeeze(-1).float()
+        return self.head(states).squeeze(-1)
 
     def forward(self, batch: ModelBatch, token_values: bool = False, sp=None) -> RewardOutput:
         hidden = self._backbone_forward(batch, sp)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ray_rm.train.collectives import all_reduce_floats
+
 STATE_FILE = "train_state.json"
 TAG = "ds"
 
@@ -36,10 +38,10 @@ class TrainState:
 
 
 def params_finite(engine) -> bool:
-    local = all(bool(torch.isfinite(p.data).all()) for p in engine.module.parameters() if p.data.numel())
-    flag = torch.tensor([1.0 if local else 0.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    """True on every rank when no rank holds a NaN/inf parameter (ZeRO-3: each checks its own partition)."""
+    checks = [torch.isfinite(p.data).all() for p in engine.module.parameters() if p.data.numel()]
+    local = bool(torch.stack(checks).all()) if checks else True
+    return all_reduce_floats([1.0 if local else 0.0], op="min")[0] == 1.0
 
 
 def save(engine, state: TrainState, metrics: dict, exclude_frozen: bool, extra_files: dict | None = None) -> None:
@@ -73,23 +75,34 @@ def restore(engine, exclude_frozen: bool) -> TrainState | None:
 
 
 def gathered_state_dict(engine, trainable_only: bool) -> dict | None:
-    """The model's (trainable) weights on rank 0, ZeRO-3 partitions gathered; None on other ranks.
+    """The model's (trainable) weights on rank 0, in full precision; None on other ranks.
 
-    With LoRA/QLoRA only adapters and head are taken: the frozen base is the pretrained one, reloaded
-    in full precision at export (so QLoRA adapters merge into an unquantized backbone).
+    Trained parameters come from ZeRO's fp32 master weights (under bf16/fp16 the module only holds a
+    16-bit copy), gathered one parameter at a time so no rank ever holds the whole model twice; every
+    rank must call this (the gathers are collectives). With LoRA/QLoRA only adapters and head are
+    taken: the frozen base is the pretrained one, reloaded at export (so QLoRA adapters merge into an
+    unquantized backbone).
     """
     import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
 
     module = engine.module
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad or not trainable_only]
     zero3 = engine.zero_optimization_stage() == 3
-    ctx = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None) if zero3 else _nullcontext()
-    with ctx:
-        if dist.get_rank() != 0:
-            return None
-        if trainable_only:
-            return {n: p.detach().to("cpu", copy=True) for n, p in named}
-        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    rank0 = dist.get_rank() == 0
+    out: dict = {}
+    for name, p in module.named_parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        value = safe_get_full_fp32_param(p) if p.requires_grad else None  # collective under ZeRO
+        if value is None:  # fp32 training without ZeRO, or a frozen parameter: the module holds the weights
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None) if zero3 else _nullcontext():
+                value = p.detach().clone() if rank0 else None
+        if rank0:
+            out[name] = value.detach().to("cpu", copy=True)
+    if rank0 and not trainable_only:  # persistent buffers (e.g. position ids) complete the state dict
+        for key, value in module.state_dict().items():
+            out.setdefault(key, value.detach().to("cpu", copy=True))
+    return out if rank0 else None
 
 
 class _nullcontext:
@@ -100,15 +113,23 @@ class _nullcontext:
         return False
 
 
+def export_config(model_cfg, lora_cfg):
+    """The model settings for rebuilding a trained model on the CPU to export it: fp32, plain CPU attention,
+    no 4-bit loading. Only the trained weights and the architecture carry over; the training device's kernel
+    (flash_attention_2 / torch_varlen), dtype and quantization do not, as the export runs where they cannot."""
+    from dataclasses import replace
+
+    return (replace(model_cfg, dtype="float32", gradient_checkpointing=False, attn_implementation="auto"),
+            replace(lora_cfg, quantize_4bit=False))
+
+
 def export_final(state_dict: dict, model_cfg, lora_cfg, tokenizer_path: str, out_dir: str, meta: dict) -> str:
     """Rank 0: rebuild the model on CPU from its config, load the trained weights, export HF."""
-    from dataclasses import replace as _replace
-
     from ray_rm.model.build import build_reward_model
     from ray_rm.model.export import export_hf
 
-    cpu_cfg = _replace(model_cfg, dtype="float32", gradient_checkpointing=False)
-    model = build_reward_model(cpu_cfg, _replace(lora_cfg, quantize_4bit=False), device="cpu")
+    cpu_model_cfg, cpu_lora_cfg = export_config(model_cfg, lora_cfg)
+    model = build_reward_model(cpu_model_cfg, cpu_lora_cfg, device="cpu")
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):

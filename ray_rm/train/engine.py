@@ -1,7 +1,14 @@
-"""DeepSpeed engine setup for one worker: config, optimizer groups, warmup + cosine schedule.
+"""DeepSpeed engine setup for one worker: precision, ZeRO stage, optimizer groups, warmup + cosine schedule.
 
-On CPU the client optimizer is torch's AdamW (DeepSpeed's fused Adam needs CUDA, and its CPU Adam needs
-a C++ build); ``zero_force_ds_cpu_optimizer`` is off so ZeRO offload also accepts it.
+Precision rules (``model.dtype``):
+  * bfloat16: DeepSpeed bf16. The module holds bf16 copies of every parameter; ZeRO keeps the fp32 master
+    weights (so mixed precision always runs at ZeRO stage >= 1, whose masters the export reads). The value
+    head computes in fp32 from its copy (``RewardModel._head``), so rewards never pass through bf16.
+  * float16: DeepSpeed fp16 with dynamic loss scaling (overflowing steps are skipped and the scale lowered).
+  * float32: plain fp32.
+The optimizer is torch's AdamW, or DeepSpeed's CPU Adam (a C++ extension JIT-built with the local
+compiler on first use) when optimizer states are offloaded to the CPU; if that build fails, the reason is
+logged and torch's AdamW steps instead (``zero_force_ds_cpu_optimizer`` is off so ZeRO accepts it).
 """
 from __future__ import annotations
 
@@ -29,17 +36,25 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
     return factor
 
 
-def deepspeed_config(tc: TrainConfig, dtype: torch.dtype) -> dict:
+def zero_problem(tc: TrainConfig) -> str | None:
+    """Why these ZeRO settings cannot run together (naming the keys), or None."""
     if tc.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"train.zero_stage must be 0-3, got {tc.zero_stage}")
+        return f"train.zero_stage must be 0, 1, 2 or 3, got {tc.zero_stage}"
+    if tc.offload_optimizer and tc.zero_stage == 0:
+        return "train.offload_optimizer needs train.zero_stage >= 1"
+    if tc.offload_params and tc.zero_stage != 3:
+        return "train.offload_params needs train.zero_stage = 3"
+    return None
+
+
+def deepspeed_config(tc: TrainConfig, dtype: torch.dtype) -> dict:
+    problem = zero_problem(tc)
+    if problem:
+        raise ValueError(problem)
     zero: dict = {"stage": tc.zero_stage}
     if tc.offload_optimizer:
-        if tc.zero_stage == 0:
-            raise ValueError("train.offload_optimizer needs train.zero_stage >= 1")
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if tc.offload_params:
-        if tc.zero_stage != 3:
-            raise ValueError("train.offload_params needs train.zero_stage = 3")
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if tc.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
@@ -49,12 +64,17 @@ def deepspeed_config(tc: TrainConfig, dtype: torch.dtype) -> dict:
         "gradient_clipping": float(tc.clip_grad),
         "zero_optimization": zero,
         "bf16": {"enabled": dtype == torch.bfloat16},
-        "fp16": {"enabled": False},
+        # loss_scale 0 = dynamic: start at 2^16, halve on overflow (that step is skipped), double after 1000 clean steps
+        "fp16": {"enabled": dtype == torch.float16, "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+
+
+BETAS, EPS = (0.9, 0.95), 1e-8
 
 
 def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
@@ -64,12 +84,34 @@ def make_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": body, "lr": tc.lr, "weight_decay": tc.weight_decay},
               {"params": head, "lr": tc.head_lr or tc.lr, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
+    if tc.offload_optimizer:
+        cpu_adam = _cpu_adam(groups)
+        if cpu_adam is not None:
+            return cpu_adam
+    return torch.optim.AdamW(groups, betas=BETAS, eps=EPS)
 
 
-def effective_zero_stage(tc: TrainConfig, world_size: int) -> int:
-    """ZeRO shards states across ranks; with one worker and no offload it only adds copies (measured: the
-    ZeRO-2 optimizer step took 2.6 s vs 0.3 s at stage 0 for SmolLM2 on CPU), so stage 0 is used."""
+def _cpu_adam(groups: list):
+    """DeepSpeed's vectorized CPU AdamW for offloaded optimizer states, or None (reason logged) if it cannot build."""
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, betas=BETAS, eps=EPS, adamw_mode=True)
+    except Exception as exc:  # the JIT build needs a C++ compiler and Python headers
+        log.warning("DeepSpeedCPUAdam is unavailable (%s: %s); offloaded optimizer states step with torch AdamW "
+                    "(several times slower)", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+
+
+def effective_zero_stage(tc: TrainConfig, world_size: int, dtype: torch.dtype = torch.float32) -> int:
+    """The ZeRO stage to run.
+
+    Mixed precision needs stage >= 1: ZeRO's optimizer holds the fp32 master weights that the export reads
+    (stage 0 would wrap them in DeepSpeed's fp16 optimizer, whose masters are not addressable per parameter).
+    In fp32, one worker without offload runs stage 0: sharding over one rank only adds copies (measured: the
+    ZeRO-2 optimizer step took 2.6 s vs 0.3 s at stage 0 for SmolLM2 on CPU)."""
+    if dtype != torch.float32:
+        return max(1, tc.zero_stage)
     if world_size == 1 and not (tc.offload_optimizer or tc.offload_params):
         return 0
     return tc.zero_stage
@@ -78,15 +120,17 @@ def effective_zero_stage(tc: TrainConfig, world_size: int) -> int:
 def initialize(model, tc: TrainConfig, total_steps: int, dtype: torch.dtype, world_size: int):
     import deepspeed
 
-    stage = effective_zero_stage(tc, world_size)
+    stage = effective_zero_stage(tc, world_size, dtype)
     if stage != tc.zero_stage:
-        log.info("one worker without offload: ZeRO-%d would only add copies, using stage 0", tc.zero_stage)
+        log.info("train.zero_stage=%d runs as ZeRO-%d (%s)", tc.zero_stage, stage,
+                 "fp32 masters for mixed precision" if stage > tc.zero_stage else "one worker: sharding only adds copies")
     optimizer = make_optimizer(model, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc.warmup_ratio,
                                                                          tc.min_lr_ratio))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(replace(tc, zero_stage=stage), dtype), dist_init_required=False)
-    if world_size == 1:
+    if world_size == 1 and stage == 0:
         engine.enable_backward_allreduce = False  # nothing to average: skip flattening every gradient
+        # (ZeRO >= 1 moves gradients into its fp32 partitions in that step: it must run there)
     return engine, scheduler

@@ -17,6 +17,7 @@ from ray_rm.config_schema import TrainJobConfig
 from ray_rm.losses import LossSettings
 from ray_rm.train import checkpointing
 from ray_rm.train.checkpointing import TrainState
+from ray_rm.train.collectives import barrier
 from ray_rm.train.data_feed import RowSchedule, iter_eval_rows, iter_steps
 from ray_rm.train.metrics import MetricsWriter, step_metrics
 from ray_rm.train.step import StepContext, evaluate, train_step
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
-    import torch.distributed as dist
     from transformers.utils import logging as hf_logging
 
     from ray_rm.assets import resolve_model_path
@@ -144,7 +144,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def write_hf(path: Path) -> None:
         checkpointing.export_final(weights, mc, tc.lora, tokenizer_path, str(path), meta)
 
-    dist.barrier()
+    barrier()
     checkpointing.save(engine, state, final, exclude_frozen=lora, extra_files={"hf": write_hf} if rank == 0 else None)
     writer.close()
     if consumed_log:

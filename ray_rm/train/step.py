@@ -18,13 +18,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from ray_rm.losses import UNITS, LossSettings, compute_loss, make_pairs
+from ray_rm.losses import STAT_KEYS, UNITS, LossSettings, compute_loss, loss_terms, unit_counts
 from ray_rm.model.batch import collate_row
+from ray_rm.train.collectives import all_reduce_floats, all_reduce_tensor
 from ray_rm.train.data_feed import dummy_row
-
-STAT_KEYS = ("pairs", "correct", "chosen_rewards", "rejected_rewards", "reward_margin")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,68 +45,72 @@ class StepContext:
     def needs_token_values(self) -> bool:
         return self.settings.name == "token_divergence"
 
-
-def _allreduce(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+    @property
+    def layout(self) -> tuple:
+        return loss_terms(self.settings)
 
 
-def _unit_counts(batch) -> dict:
-    pairs = make_pairs(batch)
-    return {"pairs": int(pairs.better.numel()), "sequences": batch.num_sequences,
-            "scored": int(torch.isfinite(batch.seq_scores).sum()), "groups": batch.num_groups}
+def _sums_vector(ctx: StepContext, res, rewards: torch.Tensor) -> torch.Tensor:
+    """[non-finite count, each loss term in layout order, each STAT_KEY]: one float64 vector on the device."""
+    terms = [res.terms[t][0].detach() for t, _ in ctx.layout]
+    bad = (~torch.isfinite(rewards.detach())).sum() + sum((~torch.isfinite(v)).sum() for v in terms)
+    return torch.stack([bad.double(), *[v.double() for v in terms], *[res.stats[k].double() for k in STAT_KEYS]])
 
 
 def _forward_loss(ctx: StepContext, batch, scale: dict | None):
+    """(loss to backpropagate, sums vector); ``scale=None`` marks a dummy row: zero loss, zero sums."""
     out = ctx.engine(batch.to(ctx.device), token_values=ctx.needs_token_values, sp=ctx.sp)
     res = compute_loss(out, batch, ctx.settings)
     loss = 0.0 * out.rewards.sum()  # keeps every parameter in the graph, also for empty rows
+    vector = _sums_vector(ctx, res, out.rewards)
+    if scale is None:
+        return loss, torch.cat([vector[:1], torch.zeros_like(vector[1:])])
     for term, (value, unit) in res.terms.items():
-        if scale is not None:
-            loss = loss + value * scale[unit]
-    finite = bool(torch.isfinite(out.rewards).all()) and all(bool(torch.isfinite(v)) for v, _ in res.terms.values())
-    return loss, res, finite
+        loss = loss + value * scale[unit]
+    return loss, vector
 
 
 def train_step(ctx: StepContext, rows: list) -> dict:
-    """Run the micro-batches of one optimizer step; returns global metric sums for the step."""
+    """Run the micro-batches of one optimizer step; returns global metric sums for the step.
+
+    Each micro-batch all-reduces one fixed-length vector (non-finite flag, loss terms, stats): the one
+    host sync it needs, to decide on every rank alike whether to skip it."""
     t0 = time.perf_counter()
     batches = [collate_row(r if r is not None else dummy_row(), ctx.sp_size, ctx.pad_token_id) for r in rows]
     real = [r is not None for r in rows]
-    local = [sum(_unit_counts(b)[u] for b, ok in zip(batches, real) if ok) for u in UNITS]
-    counts = dict(zip(UNITS, (c / ctx.sp_size for c in _allreduce(local, ctx.device))))
+    local = [sum(unit_counts(b)[u] for b, ok in zip(batches, real) if ok) for u in UNITS]
+    counts = dict(zip(UNITS, (c / ctx.sp_size for c in all_reduce_floats(local))))
     gas = len(rows)
     scale = {u: (ctx.world_size * gas / counts[u]) if counts[u] else 0.0 for u in UNITS}
-    sums = dict.fromkeys(("loss", *STAT_KEYS, "tokens", "rows", "skipped"), 0.0)
+    layout = ctx.layout
+    sums = dict.fromkeys(("loss", *STAT_KEYS), 0.0)
+    skipped, tokens, n_rows = 0, 0, 0
     ctx.engine.train()
     for batch, ok in zip(batches, real):
-        loss, res, finite = _forward_loss(ctx, batch, scale if ok else None)
-        all_finite = _allreduce([1.0 if finite else 0.0], ctx.device)[0] == ctx.world_size
-        if not all_finite:
+        loss, vector = _forward_loss(ctx, batch, scale if ok else None)
+        reduced = [v / ctx.sp_size for v in all_reduce_tensor(vector).tolist()]
+        if reduced[0] > 0:  # some rank saw a non-finite loss or reward: every rank drops this micro-batch
             if ctx.nan_policy == "raise":
                 raise NonFiniteLossError("non-finite loss or reward in a training micro-batch (train.nan_policy=raise)"
                                          f"; pairs: {batch.group_ids[:5]}")
-            sums["skipped"] += 1.0 / ctx.world_size  # every rank counts it once; summed below
-            loss, res, _ = _forward_loss(ctx, collate_row(dummy_row(), ctx.sp_size, ctx.pad_token_id), None)
+            skipped += 1
+            loss, _ = _forward_loss(ctx, collate_row(dummy_row(), ctx.sp_size, ctx.pad_token_id), None)
             ok = False
         ctx.engine.backward(loss)
         ctx.engine.step()
         if ok:
-            for term, (value, unit) in res.terms.items():
+            for (term, unit), value in zip(layout, reduced[1:]):
                 if counts[unit]:
-                    sums["loss"] += float(value.detach()) / counts[unit]
-            for k in STAT_KEYS:
-                sums[k] += res.stats[k]
-            sums["tokens"] += batch.num_real_tokens
-            sums["rows"] += 1
-    keys = list(sums)
-    reduced = _allreduce([sums[k] for k in keys], ctx.device)
-    out = {k: v / ctx.sp_size for k, v in zip(keys, reduced)}
-    out["skipped"] = reduced[keys.index("skipped")]
-    out["seconds"] = time.perf_counter() - t0
-    out["peak_memory_gb"] = _max_across_ranks(peak_memory_gb(ctx.device), ctx.device)
-    return out
+                    sums["loss"] += value / counts[unit]
+            for k, value in zip(STAT_KEYS, reduced[1 + len(layout):]):
+                sums[k] += value
+            tokens += batch.num_real_tokens
+            n_rows += 1
+    tokens_all, rows_all = all_reduce_floats([tokens, n_rows])
+    sums.update(tokens=tokens_all / ctx.sp_size, rows=rows_all / ctx.sp_size, skipped=float(skipped),
+                seconds=time.perf_counter() - t0)
+    sums["peak_memory_gb"] = all_reduce_floats([peak_memory_gb(ctx.device)], op="max")[0]
+    return sums
 
 
 def peak_memory_gb(device) -> float:
@@ -120,40 +122,36 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def _max_across_ranks(value: float, device) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+EVAL_MOMENTS = ("r_sum", "r_sq")
 
 
 @torch.no_grad()
 def evaluate(ctx: StepContext, rows) -> dict:
-    """Global eval metrics over this rank's eval rows (None = dummy) and reward moments for normalization."""
+    """Global eval metrics over this rank's eval rows (None = dummy) and reward moments for normalization.
+
+    Sums accumulate on the device in a fixed layout (loss terms, STAT_KEYS, reward moments) and host
+    counts beside them, so every rank reduces the same shape even with no rows of its own."""
     ctx.engine.eval()
-    sums = dict.fromkeys((*STAT_KEYS, "r_sum", "r_sq", "r_n", *[f"n_{u}" for u in UNITS]), 0.0)
-    term_sums: dict = {}
+    layout = ctx.layout
+    acc = torch.zeros(len(layout) + len(STAT_KEYS) + len(EVAL_MOMENTS), dtype=torch.float64, device=ctx.device)
+    host = dict.fromkeys(("r_n", *[f"n_{u}" for u in UNITS]), 0.0)
     for row in rows:
         batch = collate_row(row if row is not None else dummy_row(), ctx.sp_size, ctx.pad_token_id)
         out = ctx.engine(batch.to(ctx.device), token_values=ctx.needs_token_values, sp=ctx.sp)
         if row is None:
             continue
         res = compute_loss(out, batch, ctx.settings)
-        for term, (value, unit) in res.terms.items():
-            term_sums[(term, unit)] = term_sums.get((term, unit), 0.0) + float(value)
-        for k in STAT_KEYS:
-            sums[k] += res.stats[k]
-        r = out.rewards.double()
-        sums["r_sum"] += float(r.sum())
-        sums["r_sq"] += float((r * r).sum())
-        sums["r_n"] += r.numel()
+        r = out.rewards.detach().double()
+        acc += torch.stack([*[res.terms[t][0].detach().double() for t, _ in layout],
+                            *[res.stats[k].double() for k in STAT_KEYS], r.sum(), (r * r).sum()])
+        host["r_n"] += r.numel()
         for u in UNITS:
-            sums[f"n_{u}"] += res.counts[u]
-    names = sorted(term_sums)
-    keys = list(sums)
-    reduced = _allreduce([sums[k] for k in keys] + [term_sums[n] for n in names], ctx.device)
-    tot = {k: v / ctx.sp_size for k, v in zip(keys, reduced)}
-    loss = sum(v / ctx.sp_size / tot[f"n_{unit}"] for (term, unit), v in zip(names, reduced[len(keys):])
-               if tot[f"n_{unit}"])
+            host[f"n_{u}"] += res.counts[u]
+    local = torch.cat([acc.cpu(), torch.tensor(list(host.values()), dtype=torch.float64)])
+    reduced = [v / ctx.sp_size for v in all_reduce_tensor(local).tolist()]
+    terms, rest = reduced[:len(layout)], reduced[len(layout):]
+    tot = dict(zip((*STAT_KEYS, *EVAL_MOMENTS, *host), rest))
+    loss = sum(v / tot[f"n_{unit}"] for (_, unit), v in zip(layout, terms) if tot[f"n_{unit}"])
     pairs = tot["pairs"] or math.nan
     mean = tot["r_sum"] / tot["r_n"] if tot["r_n"] else 0.0
     var = tot["r_sq"] / tot["r_n"] - mean * mean if tot["r_n"] else 1.0
