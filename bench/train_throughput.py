@@ -127,13 +127,14 @@ def ray_rm_step_fn(share_prompt: bool):
 
 
 def run_packed(chunks, share_prompt, warmup):
-    from ray_rm.data.packer import PackedRow
+    from ray_rm.data.packer import append_group
+    from ray_rm.packed import PackedRow
 
     rows = []
     for chunk in chunks:  # one row per step holding exactly that step's pairs
         row = PackedRow()
         for g in chunk:
-            row.add_group(g, share_prompt)
+            append_group(row, g, share_prompt)
         rows.append(row)
     times = timed_steps(ray_rm_step_fn(share_prompt), rows, warmup)
     timed = rows[warmup:]

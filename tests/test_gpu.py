@@ -16,7 +16,8 @@ import torch
 
 from conftest import HH_TEST
 from ray_rm.config_schema import LoraConfig, ModelConfig
-from ray_rm.data.packer import AttentionBlock, pack_groups
+from ray_rm.data.packer import pack_groups
+from ray_rm.packed import AttentionBlock
 from ray_rm.model.attention import AttentionPlan, block_attention
 from ray_rm.model.attn_backends import REGISTRY
 from ray_rm.model.attn_blocks import LayerOptions

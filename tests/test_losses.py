@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from ray_rm.data.packer import PackedRow
+from ray_rm.data.packer import append_group
+from ray_rm.packed import PackedRow
 from ray_rm.data.tokenize import TokenizedGroup
 from ray_rm.losses import LOSS_NAMES, LossSettings, compute_loss, log_barrier, make_pairs
 from ray_rm.model.batch import collate_row
@@ -20,7 +21,7 @@ def sig(x):
 def row_of(groups, share_prompt=False):
     row = PackedRow()
     for g in groups:
-        row.add_group(g, share_prompt)
+        append_group(row, g, share_prompt)
     return row
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ray_rm.config_schema import LoraConfig, ModelConfig
-from ray_rm.data.packer import AttentionBlock, PackedRow, pack_groups
+from ray_rm.data.packer import append_group, pack_groups
+from ray_rm.packed import AttentionBlock, PackedRow
 from ray_rm.data.tokenize import TokenizedGroup, common_prefix_len
 from ray_rm.errors import UserError
 from ray_rm.model.attention import AttentionPlan, block_attention, dense_block_mask
@@ -154,7 +155,7 @@ def test_flash_request_on_cpu_fails_clearly(tiny_decoder_dir):
 def test_token_values_cover_every_position(tiny_decoder_dir):
     model = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir), seed=1).eval()
     row = PackedRow()
-    row.add_group(TokenizedGroup("x", [[5, 6, 7], [5, 8]], [0, 1], 1, NAN, [NAN, NAN]), True)
+    append_group(row, TokenizedGroup("x", [[5, 6, 7], [5, 8]], [0, 1], 1, NAN, [NAN, NAN]), True)
     batch = collate_row(row)
     out = model(batch, token_values=True)
     assert out.token_values.shape == (batch.input_ids.shape[1],)

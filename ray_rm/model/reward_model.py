@@ -107,12 +107,13 @@ class RewardModel(nn.Module):
             pooler = getattr(self.backbone, "pooler", None)
             return pooler(cls_states[:, None, :]) if pooler is not None else cls_states
         # mean over each sequence's tokens
-        seg = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device), batch.seq_lens)
+        lens = batch.seq_laid_out_lens
+        seg = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device), lens)
         pos = torch.cat([torch.arange(s, s + n, device=hidden.device) for s, n in
-                         zip(batch.seq_start.tolist(), batch.seq_lens.tolist())])
+                         zip(batch.seq_start.tolist(), lens.tolist())])
         sums = torch.zeros(batch.num_sequences, hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
         sums.index_add_(0, seg, hidden[pos])
-        return sums / batch.seq_lens[:, None].to(hidden.dtype)
+        return sums / lens[:, None].to(hidden.dtype)
 
     def _head(self, states: torch.Tensor) -> torch.Tensor:
         return self.head(states).squeeze(-1)

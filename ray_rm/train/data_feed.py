@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ray_rm.data.packer import PackedRow
+from ray_rm.packed import PackedRow
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,3 @@ def iter_eval_rows(rows: Iterable[dict], num_rows: int, dp_size: int, dp_rank: i
     for _ in range(math.ceil(num_rows / dp_size) - count):
         yield None
 
-
-def dummy_row() -> PackedRow:
-    """A 2-token single-sequence row: keeps collectives in step on ranks with no data; contributes nothing."""
-    return PackedRow(input_ids=[0, 0], position_ids=[0, 1], seq_lens=[2], seq_full_lens=[2], reward_index=[1],
-                     seq_group=[0], seq_ranks=[0], seq_scores=[math.nan], group_ids=["<dummy>"], group_sizes=[1],
-                     group_prefix_lens=[0], group_common_lens=[0], group_margins=[math.nan], group_subsets=[""])

@@ -21,8 +21,8 @@ import torch
 
 from ray_rm.losses import STAT_KEYS, UNITS, LossSettings, compute_loss, loss_terms, unit_counts
 from ray_rm.model.batch import collate_row
+from ray_rm.packed import PackedRow
 from ray_rm.train.collectives import all_reduce_floats, all_reduce_tensor
-from ray_rm.train.data_feed import dummy_row
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,7 +76,7 @@ def train_step(ctx: StepContext, rows: list) -> dict:
     Each micro-batch all-reduces one fixed-length vector (non-finite flag, loss terms, stats): the one
     host sync it needs, to decide on every rank alike whether to skip it."""
     t0 = time.perf_counter()
-    batches = [collate_row(r if r is not None else dummy_row(), ctx.sp_size, ctx.pad_token_id) for r in rows]
+    batches = [collate_row(r if r is not None else PackedRow.empty(), ctx.sp_size, ctx.pad_token_id) for r in rows]
     real = [r is not None for r in rows]
     local = [sum(unit_counts(b)[u] for b, ok in zip(batches, real) if ok) for u in UNITS]
     counts = dict(zip(UNITS, (c / ctx.sp_size for c in all_reduce_floats(local))))
@@ -94,7 +94,7 @@ def train_step(ctx: StepContext, rows: list) -> dict:
                 raise NonFiniteLossError("non-finite loss or reward in a training micro-batch (train.nan_policy=raise)"
                                          f"; pairs: {batch.group_ids[:5]}")
             skipped += 1
-            loss, _ = _forward_loss(ctx, collate_row(dummy_row(), ctx.sp_size, ctx.pad_token_id), None)
+            loss, _ = _forward_loss(ctx, collate_row(PackedRow.empty(), ctx.sp_size, ctx.pad_token_id), None)
             ok = False
         ctx.engine.backward(loss)
         ctx.engine.step()
@@ -136,7 +136,7 @@ def evaluate(ctx: StepContext, rows) -> dict:
     acc = torch.zeros(len(layout) + len(STAT_KEYS) + len(EVAL_MOMENTS), dtype=torch.float64, device=ctx.device)
     host = dict.fromkeys(("r_n", *[f"n_{u}" for u in UNITS]), 0.0)
     for row in rows:
-        batch = collate_row(row if row is not None else dummy_row(), ctx.sp_size, ctx.pad_token_id)
+        batch = collate_row(row if row is not None else PackedRow.empty(), ctx.sp_size, ctx.pad_token_id)
         out = ctx.engine(batch.to(ctx.device), token_values=ctx.needs_token_values, sp=ctx.sp)
         if row is None:
             continue
