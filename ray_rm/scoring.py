@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ray_rm.data.packer import pack_groups
-from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, common_prefix_len
+from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup
+from ray_rm.prefix import common_prefix_len
 from ray_rm.model.batch import collate_row
 
 
@@ -83,7 +84,7 @@ class RewardScorer:
             distinct = list(dict.fromkeys(tuple(s) for s in seqs))
             copies.append([distinct.index(tuple(s)) for s in seqs])
             tgroups.append(TokenizedGroup(str(gi), [list(s) for s in distinct], [0] * len(distinct),
-                                          common_prefix_len(distinct) if len(distinct) > 1 else 0,
+                                          common_prefix_len(distinct, keep_own=1) if len(distinct) > 1 else 0,
                                           math.nan, [math.nan] * len(distinct)))
         out: list[list[float]] = [[] for _ in groups]
         budget = max(self.pack_tokens, max((g.num_tokens(self.share_prompt) for g in tgroups), default=1))

@@ -8,7 +8,8 @@ import torch
 from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.data.packer import append_group, pack_groups
 from ray_rm.packed import AttentionBlock, PackedRow
-from ray_rm.data.tokenize import TokenizedGroup, common_prefix_len
+from ray_rm.data.tokenize import TokenizedGroup
+from ray_rm.prefix import common_prefix_len
 from ray_rm.errors import UserError
 from ray_rm.model.attention import AttentionPlan, block_attention, dense_block_mask
 from ray_rm.model.batch import collate_row
@@ -24,7 +25,7 @@ def random_groups(n=10, vocab=(5, 3000), seed=0, k_max=3):
         prompt = [rng.randint(*vocab) for _ in range(rng.randint(1, 40))]
         k = 2 if i % 3 else k_max
         seqs = [prompt + [rng.randint(*vocab) for _ in range(rng.randint(1, 30))] for _ in range(k)]
-        groups.append(TokenizedGroup(f"g{i}", seqs, list(range(k)), common_prefix_len(seqs), NAN, [NAN] * k))
+        groups.append(TokenizedGroup(f"g{i}", seqs, list(range(k)), common_prefix_len(seqs, keep_own=1), NAN, [NAN] * k))
     return groups
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from ray_rm.errors import DataError
+from ray_rm.prefix import common_prefix_len
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -184,23 +185,17 @@ def _number(where: _Row, field: str, value: Any) -> float:
 
 def _split_text_prompt(a: str, b: str) -> int:
     """Where the implicit prompt of two texts ends: their common prefix, cut back to a word boundary."""
-    n = 0
-    limit = min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    if n == limit and len(a) == len(b):
+    if a == b:
         return 0  # identical texts: no split (the quality filter drops the pair)
+    n = common_prefix_len((a, b))
     while n > 0 and not a[n - 1].isspace():
         n -= 1
     return n
 
 
 def _split_message_prompt(responses: list[tuple]) -> int:
-    n = 0
-    shortest = min(len(r) for r in responses)
-    while n < shortest - 1 and all(r[n] == responses[0][n] for r in responses):
-        n += 1
-    return n
+    """The turns every response shares, each keeping at least its own last turn."""
+    return common_prefix_len(responses, keep_own=1)
 
 
 def _check_response_turns(where: _Row, field: str, response: tuple) -> None:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from ray_rm.data.formats import PreferenceExample, messages_to_dicts
+from ray_rm.prefix import common_prefix_len
 
 
 @dataclass
@@ -36,16 +37,6 @@ class TokenizedGroup:
         if share_prompt and self.shared_len:
             total -= self.shared_len * (len(self.sequences) - 1)
         return total
-
-
-def common_prefix_len(sequences: list) -> int:
-    """Length of the longest common token prefix, capped so every sequence keeps one token of its own."""
-    shortest = min(len(s) for s in sequences)
-    n = 0
-    first = sequences[0]
-    while n < shortest - 1 and all(s[n] == first[n] for s in sequences[1:]):
-        n += 1
-    return n
 
 
 def _render_plain(messages: tuple) -> str:
@@ -131,6 +122,6 @@ def tokenize_examples(encoder: SequenceEncoder, examples: list[PreferenceExample
             continue
         scores = [math.nan] * len(seqs) if ex.scores is None else [float(s) for s in ex.scores]
         out.append(TokenizedGroup(
-            example_id=ex.example_id, sequences=seqs, ranks=list(ex.ranks), shared_len=common_prefix_len(seqs),
+            example_id=ex.example_id, sequences=seqs, ranks=list(ex.ranks), shared_len=common_prefix_len(seqs, keep_own=1),
             margin=math.nan if ex.margin is None else float(ex.margin), scores=scores, subset=ex.subset or ""))
     return out

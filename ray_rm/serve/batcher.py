@@ -18,16 +18,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ray_rm.prefix import common_prefix_len
+
 log = logging.getLogger(__name__)
 
 RunGroups = Callable[[list], list]  # list[list[list[int]]] -> list[list[float]]
-
-
-def _lcp(a: tuple, b: tuple) -> int:
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def plan_groups(seqs: list, *, share_prefix: bool = True, min_shared: int = 16,
@@ -50,7 +45,7 @@ def plan_groups(seqs: list, *, share_prefix: bool = True, min_shared: int = 16,
     for i in distinct:
         if groups:
             prev = keys[groups[-1][-1]]
-            new_shared = min(shared, _lcp(prev, keys[i]))  # sorted: the group's prefix is the chain minimum
+            new_shared = min(shared, common_prefix_len((prev, keys[i])))  # sorted: the group's prefix is the chain minimum
             # packed size if i joins: prefix once, every member's suffix (the prefix shrinks to new_shared)
             members = groups[-1] + [i]
             new_cost = sum(len(keys[m]) for m in members) - new_shared * (len(members) - 1)
