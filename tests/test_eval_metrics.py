@@ -76,7 +76,7 @@ def test_length_bias_and_buckets():
     d = np.array([1.0, -1.0, 2.0, 0.5, -0.3, 0.2])
     lb = np.array([10, 10, 40, 40, 80, 80.0])
     lw = np.array([5, 20, 40, 30, 90, 10.0])
-    pairs = M.Pairs(d, lb, lw, np.array([None] * 6, dtype=object))
+    pairs = M.ScoredPairs(d, lb, lw, np.array([None] * 6, dtype=object))
     bias = M.length_bias(pairs)
     assert bias["pairs_unequal_length"] == 5
     # longer wins: #0 (chosen longer, d>0), #1 (rejected longer, d<0), #3, #4 (rejected longer, d<0), #5

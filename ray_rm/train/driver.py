@@ -24,7 +24,7 @@ from ray_rm.data.pipeline import PackSettings, PreparedData, materialize
 from ray_rm.data.prepare import check_pack_budget, resolve_max_length
 from ray_rm.data.quality import usage_line
 from ray_rm.errors import UserError
-from ray_rm.losses import LOSS_NAMES
+from ray_rm.losses import get_loss
 from ray_rm.train.engine import zero_problem
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 def validate(cfg: TrainJobConfig) -> None:
     tc = cfg.train
-    if tc.loss not in LOSS_NAMES:
-        raise UserError(f"train.loss '{tc.loss}' is unknown; choose one of {', '.join(LOSS_NAMES)}")
+    get_loss(tc.loss)
     if tc.num_workers < 1 or tc.sequence_parallel_size < 1 or tc.num_workers % tc.sequence_parallel_size:
         raise UserError(f"train.num_workers ({tc.num_workers}) must be a positive multiple of "
                         f"train.sequence_parallel_size ({tc.sequence_parallel_size})")

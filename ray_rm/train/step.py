@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ray_rm.losses import STAT_KEYS, UNITS, LossSettings, compute_loss, loss_terms, unit_counts
+from ray_rm.losses import STAT_KEYS, UNITS, LossSettings, compute_loss, get_loss, loss_terms, unit_counts
 from ray_rm.model.batch import collate_row
 from ray_rm.packed import PackedRow
 from ray_rm.train.collectives import all_reduce_floats, all_reduce_tensor
@@ -43,7 +43,7 @@ class StepContext:
 
     @property
     def needs_token_values(self) -> bool:
-        return self.settings.name == "token_divergence"
+        return get_loss(self.settings.name).needs_token_values
 
     @property
     def layout(self) -> tuple:
