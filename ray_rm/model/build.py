@@ -16,6 +16,7 @@ from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.errors import UserError
 from ray_rm.model import attention
 from ray_rm.model.attn_backends import model_needs
+from ray_rm.model.heads import HeadKind, get_head
 from ray_rm.model.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
@@ -80,14 +81,14 @@ def _disable_dropout(hf_config) -> None:
             setattr(hf_config, name, 0.0)
 
 
-def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str) -> RewardModel:
+def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str, head_kind: HeadKind) -> RewardModel:
     head_name = next((n for n in HEAD_NAMES if isinstance(getattr(clf, n, None), torch.nn.Linear)), None)
     if head_name is None:
         raise UserError(f"{type(clf).__name__} has no linear 'score' or 'classifier' head; unsupported backbone")
     base_prefix = clf.base_model_prefix
     return RewardModel(getattr(clf, base_prefix), getattr(clf, head_name), kind=kind, pooling=pooling,
                        attn_implementation=attn_impl, attn_backend=backend, head_name=head_name,
-                       base_prefix=base_prefix)
+                       base_prefix=base_prefix, head_kind=head_kind)
 
 
 def _pooling(kind: str, requested: str) -> str:
@@ -114,14 +115,15 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
     attn_impl, backend = resolve_attn(cfg.attn_implementation, device.type, dtype,
                                       model_needs(hf_config, training_dropout=cfg.keep_dropout))
     attention.register()
-    hf_config.num_labels = 1
+    head_kind = get_head(cfg.head)
+    hf_config.num_labels = head_kind.width(cfg, hf_config)
     if not cfg.keep_dropout:
         _disable_dropout(hf_config)
     kwargs = {"config": hf_config, "dtype": dtype, "attn_implementation": attn_impl}
     if lora.quantize_4bit:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    model = _split(clf, kind, pooling, attn_impl, backend)
+    model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
     head = model.head
     torch.manual_seed(seed)
     std = cfg.head_init_std or 1.0 / math.sqrt(hf_config.hidden_size + 1)
@@ -179,15 +181,17 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     device = torch.device(device)
     path = resolve_model_path(path)
     hf_config = AutoConfig.from_pretrained(path)
-    if getattr(hf_config, "num_labels", 1) != 1:
-        raise UserError(f"'{path}' has {hf_config.num_labels} labels; a reward model has exactly one")
     meta = getattr(hf_config, "ray_rm", None) or {}
+    head_kind = get_head(meta.get("head", "scalar"))
+    width = head_kind.width(None, hf_config)
+    if getattr(hf_config, "num_labels", 1) != width:
+        raise UserError(f"'{path}' has {hf_config.num_labels} labels; a {head_kind.name} reward model has {width}")
     kind = meta.get("kind") or detect_kind(hf_config)
     pooling = meta.get("pooling") or _pooling(kind, "auto")
     torch_dtype = resolve_dtype(dtype, device.type)
     attn_impl, backend = resolve_attn(attn_implementation, device.type, torch_dtype, model_needs(hf_config))
     attention.register()
     clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
-    model = _split(clf, kind, pooling, attn_impl, backend)
+    model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
     model.head.float()
     return model.to(device).eval()

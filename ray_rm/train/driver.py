@@ -25,6 +25,7 @@ from ray_rm.data.prepare import check_pack_budget, resolve_max_length
 from ray_rm.data.quality import usage_line
 from ray_rm.errors import UserError
 from ray_rm.losses import get_loss
+from ray_rm.model.heads import get_head
 from ray_rm.train.engine import zero_problem
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 def validate(cfg: TrainJobConfig) -> None:
     tc = cfg.train
     get_loss(tc.loss)
+    head = get_head(cfg.model.head)
+    if tc.loss not in head.losses:
+        raise UserError(f"train.loss '{tc.loss}' does not train a model.head={head.name} head; it takes "
+                        f"{', '.join(head.losses)}")
     if tc.num_workers < 1 or tc.sequence_parallel_size < 1 or tc.num_workers % tc.sequence_parallel_size:
         raise UserError(f"train.num_workers ({tc.num_workers}) must be a positive multiple of "
                         f"train.sequence_parallel_size ({tc.sequence_parallel_size})")
