@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ray_rm.data.prepare import resolve_max_length
     from ray_rm.data.sources import expand_sources
     from ray_rm.data.stats import data_stats, format_stats
+    from ray_rm.validation import validate
 
+    validate(cfg)
     files = args.data or cfg.data.train_files
     expand_sources(files)  # a mistyped path fails before the tokenizer loads
     encoder = make_encoder(args.tokenizer, cfg.data)

@@ -275,7 +275,8 @@ def test_token_from_env(monkeypatch):
 
 def test_deployment_options_come_from_config(exported_tiny_rm):
     from ray_rm.errors import UserError
-    from ray_rm.serve.app import deployment_options, validate
+    from ray_rm.serve.app import deployment_options
+    from ray_rm.validation import validate
 
     fixed = deployment_options(ServeConfig(model_path=exported_tiny_rm, num_replicas=3, num_gpus=1,
                                            max_ongoing_requests=7, max_queued_requests=9, retry_after_s=2))

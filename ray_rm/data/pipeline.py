@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ray_rm.config_schema import DataConfig
 from ray_rm.data.packer import pack_groups
-from ray_rm.data.prepare import check_pack_budget, process_task, resolve_max_length
+from ray_rm.data.prepare import process_task, resolve_max_length
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError
@@ -104,7 +104,6 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    check_pack_budget(data_cfg)
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
@@ -119,7 +118,6 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
 
 def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> tuple[list[PackedRow], DropReport]:
     """What the pipeline yields, computed without Ray (the reference in tests and for small tools)."""
-    check_pack_budget(data_cfg)
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     encoder = make_encoder(settings.tokenizer_path, data_cfg)
     rows, report = [], DropReport()

@@ -52,8 +52,6 @@ class SequenceEncoder:
     """
 
     def __init__(self, tokenizer, *, chat_template: str = "auto", legacy_append_eos: bool = False):
-        if chat_template not in ("auto", "always", "never"):
-            raise ValueError(f"chat_template must be auto, always or never, got {chat_template!r}")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.legacy_append_eos = legacy_append_eos

@@ -18,7 +18,7 @@ class EvalConfig(ScoringOptions):
     write_scores: bool = opt(True, "write every example's rewards to output_dir/scores.parquet")
     overlength: str = opt("truncate_left", "sequences over the checkpoint's max_length: truncate_left (keep the "
                                            "end, where the reward is read; every pair is scored and the cut ones "
-                                           "counted in the report) | drop (counted)")
+                                           "counted in the report) | drop (counted)", ("truncate_left", "drop"))
 
 
 @dataclass

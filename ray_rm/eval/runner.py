@@ -22,6 +22,7 @@ from ray_rm.eval.report import write_report
 from ray_rm.eval.rewardbench2 import rewardbench2_scores
 from ray_rm.relabel.score import Scored, make_scorer, score_examples
 from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
+from ray_rm.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,8 @@ def write_scores(path: Path, examples: list[ScoredExample]) -> None:
 
 def run_eval(job: EvalJobConfig) -> dict:
     """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
+    validate(job)
     cfg = job.eval
-    if not cfg.model_path:
-        raise UserError("eval.model_path is required (an exported ray_rm checkpoint or HF RM folder)")
-    if cfg.num_bins < 1 or cfg.length_buckets < 1:
-        raise UserError("eval.num_bins and eval.length_buckets must be positive")
-    if job.data.on_error not in ("drop", "raise"):
-        raise UserError(f"data.on_error must be drop or raise, got '{job.data.on_error}'")
-    if cfg.overlength not in ("truncate_left", "drop"):
-        raise UserError(f"eval.overlength must be truncate_left or drop, got '{cfg.overlength}'")
     start = time.perf_counter()
     examples, drops = score_dataset(job)
     if not examples:

@@ -26,10 +26,9 @@ HEAD_NAMES = ("score", "classifier")
 
 
 def detect_kind(hf_config, requested: str = "auto") -> str:
+    """``decoder`` or ``encoder``: as requested, or (``auto``) from the model type."""
     if requested in ("decoder", "encoder"):
         return requested
-    if requested != "auto":
-        raise UserError(f"model.kind must be auto, decoder or encoder, got '{requested}'")
     return "encoder" if hf_config.model_type in ENCODER_TYPES else "decoder"
 
 
@@ -37,6 +36,7 @@ ATTN_ALIASES = {"auto": "auto", "varlen": "auto", "flash_attention_2": "flash_at
 
 
 def attn_choices() -> tuple:
+    """Every ``attn_implementation`` value: aliases, the backend registry's names, transformers' dense ones."""
     return (*ATTN_ALIASES, *attention.REGISTRY, "sdpa", "eager")
 
 
@@ -50,8 +50,6 @@ def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = N
     if requested in ("sdpa", "eager"):
         return requested, "dense"
     name = ATTN_ALIASES.get(requested, requested)
-    if name != "auto" and name not in attention.REGISTRY:
-        raise UserError(f"model.attn_implementation must be one of {', '.join(attn_choices())}, got '{requested}'")
     backend, notes = attention.select(name, device_type, dtype, needs)
     if backend is None:
         hint = " (pip install flash-attn builds it from source)" if name == "flash_attn" else ""
@@ -69,10 +67,7 @@ def resolve_dtype(requested: str, device_type: str) -> torch.dtype:
         if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
-    except KeyError:
-        raise UserError(f"model.dtype must be auto, float32, bfloat16 or float16, got '{requested}'") from None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
 
 
 def _disable_dropout(hf_config) -> None:
@@ -91,7 +86,8 @@ def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str, head_kind
                        base_prefix=base_prefix, head_kind=head_kind)
 
 
-def _pooling(kind: str, requested: str) -> str:
+def resolve_pooling(kind: str, requested: str) -> str:
+    """The pooling a model kind uses: ``auto`` -> last (decoder) / cls (encoder); others must suit the kind."""
     if requested == "auto":
         return "last" if kind == "decoder" else "cls"
     allowed = ("last",) if kind == "decoder" else ("cls", "mean")
@@ -110,7 +106,7 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
     path = resolve_model_path(cfg.name_or_path)
     hf_config = AutoConfig.from_pretrained(path)
     kind = detect_kind(hf_config, cfg.kind)
-    pooling = _pooling(kind, cfg.pooling)
+    pooling = resolve_pooling(kind, cfg.pooling)
     dtype = resolve_dtype(cfg.dtype, device.type)
     attn_impl, backend = resolve_attn(cfg.attn_implementation, device.type, dtype,
                                       model_needs(hf_config, training_dropout=cfg.keep_dropout))
@@ -136,9 +132,6 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.r > 0:
         model.backbone = _wrap_lora(model.backbone, lora, cfg.gradient_checkpointing)
-    elif lora.quantize_4bit:
-        raise UserError("train.lora.quantize_4bit (QLoRA) needs train.lora.r > 0: a 4-bit backbone cannot be "
-                        "fully fine-tuned")
     return model.to(device) if not lora.quantize_4bit else model
 
 
@@ -187,7 +180,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     if getattr(hf_config, "num_labels", 1) != width:
         raise UserError(f"'{path}' has {hf_config.num_labels} labels; a {head_kind.name} reward model has {width}")
     kind = meta.get("kind") or detect_kind(hf_config)
-    pooling = meta.get("pooling") or _pooling(kind, "auto")
+    pooling = meta.get("pooling") or resolve_pooling(kind, "auto")
     torch_dtype = resolve_dtype(dtype, device.type)
     attn_impl, backend = resolve_attn(attn_implementation, device.type, torch_dtype, model_needs(hf_config))
     attention.register()

@@ -77,7 +77,8 @@ class RewardModel(nn.Module):
             mask = None
         else:  # sdpa / eager: the dense block mask, the reference implementation
             if sp is not None:
-                raise ValueError("sequence parallelism needs attn_implementation varlen/flash (ray_rm_varlen)")
+                raise ValueError("sequence parallelism runs on ray_rm's varlen attention only (the config validation "
+                                 "refuses sdpa/eager with it)")
             mask = self._dense_masks(batch, input_ids.shape[1], input_ids.device)
         out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
                             **kwargs)

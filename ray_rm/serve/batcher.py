@@ -76,8 +76,6 @@ class TokenBatcher:
     def __init__(self, run_groups: RunGroups, *, batch_tokens: int = 8192, wait_s: float = 0.005,
                  share_prefix: bool = True, min_shared: int = 16, max_group_tokens: int = 4096,
                  executor: ThreadPoolExecutor | None = None):
-        if batch_tokens < 1:
-            raise ValueError("batch_tokens must be >= 1")
         self.run_groups = run_groups
         self.batch_tokens = batch_tokens
         self.wait_s = wait_s

@@ -51,10 +51,6 @@ class RewardEngine:
 
         from ray_rm.scoring import RewardScorer
 
-        if not cfg.model_path:
-            raise ValueError("serve.model_path is empty: point it at an exported reward model checkpoint")
-        if cfg.overlength not in ("error", "truncate_left"):
-            raise ValueError(f"serve.overlength must be error or truncate_left, got {cfg.overlength!r}")
         device = cfg.device
         if device == "auto":
             device = "cuda" if (cfg.num_gpus > 0 and torch.cuda.is_available()) else "cpu"

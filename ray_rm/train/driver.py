@@ -21,94 +21,12 @@ from pathlib import Path
 from ray_rm.config import to_dict
 from ray_rm.config_schema import TrainJobConfig
 from ray_rm.data.pipeline import PackSettings, PreparedData, materialize
-from ray_rm.data.prepare import check_pack_budget, resolve_max_length
+from ray_rm.data.prepare import resolve_max_length
 from ray_rm.data.quality import usage_line
 from ray_rm.errors import UserError
-from ray_rm.losses import get_loss
-from ray_rm.model.heads import get_head
-from ray_rm.train.engine import zero_problem
+from ray_rm.validation import validate, validate_with_model
 
 log = logging.getLogger(__name__)
-
-
-def validate(cfg: TrainJobConfig) -> None:
-    tc = cfg.train
-    get_loss(tc.loss)
-    head = get_head(cfg.model.head)
-    if tc.loss not in head.losses:
-        raise UserError(f"train.loss '{tc.loss}' does not train a model.head={head.name} head; it takes "
-                        f"{', '.join(head.losses)}")
-    if tc.num_workers < 1 or tc.sequence_parallel_size < 1 or tc.num_workers % tc.sequence_parallel_size:
-        raise UserError(f"train.num_workers ({tc.num_workers}) must be a positive multiple of "
-                        f"train.sequence_parallel_size ({tc.sequence_parallel_size})")
-    problem = zero_problem(tc) or precision_problem(cfg)
-    if problem:
-        raise UserError(problem)
-    if tc.micro_steps_per_update < 1:
-        raise UserError("train.micro_steps_per_update must be >= 1")
-    if tc.nan_policy not in ("skip", "raise"):
-        raise UserError("train.nan_policy must be skip or raise")
-    if cfg.data.overlength not in ("drop", "truncate_left"):
-        raise UserError("data.overlength must be drop or truncate_left")
-    if cfg.data.on_error not in ("drop", "raise"):
-        raise UserError("data.on_error must be drop or raise")
-    if not cfg.data.train_files:
-        raise UserError("data.train_files is empty")
-    check_pack_budget(cfg.data)
-
-
-GPU_KERNELS = {"flash_attention_2", "flash_attn", "torch_varlen"}
-
-
-def precision_problem(cfg: TrainJobConfig) -> str | None:
-    """Combinations of dtype, attention kernel, device, QLoRA and ZeRO that cannot train, refused before any
-    worker starts (the workers' devices are not the driver's, so this checks keys, not the local machine)."""
-    from ray_rm.model.build import attn_choices
-
-    mc, tc = cfg.model, cfg.train
-    lora = tc.lora
-    if mc.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        return f"model.dtype must be auto, float32, bfloat16 or float16, got '{mc.dtype}'"
-    if mc.attn_implementation not in attn_choices():
-        return f"model.attn_implementation must be one of {', '.join(attn_choices())}, got '{mc.attn_implementation}'"
-    if mc.attn_implementation in GPU_KERNELS and not tc.use_gpu:
-        return (f"model.attn_implementation={mc.attn_implementation} is a CUDA kernel but train.use_gpu=false; "
-                "use 'auto' (SDPA blocks on CPU)")
-    if mc.attn_implementation in GPU_KERNELS and mc.dtype == "float32":
-        return (f"model.attn_implementation={mc.attn_implementation} runs in bf16/fp16 only, but model.dtype=float32; "
-                "set model.dtype=bfloat16 (or auto), or model.attn_implementation=auto")
-    if mc.dtype == "float16" and not tc.use_gpu:
-        return ("model.dtype=float16 trains with DeepSpeed's fp16 loss scaling, which needs GPUs (train.use_gpu=true); "
-                "on CPU use float32 or bfloat16")
-    if tc.sequence_parallel_size > 1 and mc.attn_implementation in ("sdpa", "eager"):
-        return (f"train.sequence_parallel_size={tc.sequence_parallel_size} needs ray_rm's varlen attention: "
-                f"model.attn_implementation={mc.attn_implementation} attends over the whole row; use 'auto'")
-    if lora.quantize_4bit and not tc.use_gpu:
-        return ("QLoRA (train.lora.quantize_4bit=true) needs GPUs: set train.use_gpu=true on a GPU cluster, "
-                "or use LoRA without quantization on CPU")
-    if lora.quantize_4bit and lora.r <= 0:
-        return "train.lora.quantize_4bit (QLoRA) needs train.lora.r > 0: a 4-bit backbone cannot be fully fine-tuned"
-    if lora.quantize_4bit and tc.zero_stage == 3:
-        return ("train.lora.quantize_4bit=true with train.zero_stage=3 is not supported: ZeRO-3 would partition the "
-                "4-bit base weights, which bitsandbytes must keep whole; use train.zero_stage=2 (the frozen 4-bit "
-                "base is small, and ZeRO-2 still shards the adapters' optimizer states and gradients)")
-    return None
-
-
-def validate_model(cfg: TrainJobConfig, hf_config) -> None:
-    """Checks that need the model's config (cheap: config.json only), run before any data work."""
-    from ray_rm.model.sequence_parallel import check_heads, model_heads
-
-    sp = cfg.train.sequence_parallel_size
-    if sp > 1:
-        if cfg.model.attn_implementation in ("sdpa", "eager"):
-            raise UserError(f"train.sequence_parallel_size={sp} needs model.attn_implementation auto, varlen or "
-                            f"flash_attention_2 (ray_rm's per-segment attention), not "
-                            f"'{cfg.model.attn_implementation}'")
-        try:
-            check_heads(*model_heads(hf_config), sp)
-        except ValueError as exc:
-            raise UserError(f"{cfg.model.name_or_path}: {exc}") from None
 
 
 def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[PackSettings, dict]:
@@ -155,7 +73,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
 
     model_path = resolve_model_path(cfg.model.name_or_path)
     hf_config = AutoConfig.from_pretrained(model_path)
-    validate_model(cfg, hf_config)
+    validate_with_model(cfg, hf_config)
     cfg = replace(cfg, output_dir=str(out), data=resolve_max_length(cfg.data, model_path))
     out.mkdir(parents=True, exist_ok=True)
 
