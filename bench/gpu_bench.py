@@ -20,7 +20,7 @@ FLOPs count useful work only (padding is not work):
 
 Serving: the same rollouts (each HH response as one request of token ids, OpenRLHF-style one query per
 request) from 1, 8 and 64 concurrent callers, scored by
-  ray_rm      ``serve.engine.RewardEngine``: its token batcher packs concurrent requests into one forward
+  ray_rm      ``serve.scoring_engine.ScoringEngine``: its token batcher packs concurrent requests into one forward
   per_request the per-request server's method: each request alone through AutoModelForSequenceClassification,
               one at a time (OpenRLHF's serve_rm)
 Both in bf16 on the GPU; the first rewards of both are compared (bf16 tolerance).

@@ -10,9 +10,10 @@ import threading
 import pytest
 
 from ray_rm.scoring import RewardStats
-from ray_rm.serve.batcher import TokenBatcher, plan_groups
+from ray_rm.scoring.grouping import plan_groups
+from ray_rm.serve.batcher import TokenBatcher
 from ray_rm.serve.config import ServeConfig, ServeJobConfig
-from ray_rm.serve.engine import combine
+from ray_rm.serve.scoring_engine import combine
 from ray_rm.serve.inputs import (
     InputError,
     Item,
@@ -209,9 +210,9 @@ def _reference(model_dir: str, texts_or_chats: list) -> list[float]:
 
 
 def test_engine_matches_automodel_and_batches_requests(exported_tiny_rm):
-    from ray_rm.serve.engine import RewardEngine
+    from ray_rm.serve.scoring_engine import ScoringEngine
 
-    engine = RewardEngine(ServeConfig(model_path=exported_tiny_rm, batch_wait_ms=300))  # all 5 join one wait
+    engine = ScoringEngine(ServeConfig(model_path=exported_tiny_rm, batch_wait_ms=300))  # all 5 join one wait
     prompt = "\n\nHuman: Tell me a long story about a lighthouse keeper and a storm.\n\nAssistant:"
     texts = [prompt + " Once upon a time.", prompt + " No.", "short text", prompt + " Once upon a time."]
     chat = CHAT
@@ -239,9 +240,9 @@ def test_engine_truncate_left_keeps_the_reward_token(exported_tiny_rm):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ray_rm.serve.engine import RewardEngine
+    from ray_rm.serve.scoring_engine import ScoringEngine
 
-    engine = RewardEngine(ServeConfig(model_path=exported_tiny_rm, overlength="truncate_left"))
+    engine = ScoringEngine(ServeConfig(model_path=exported_tiny_rm, overlength="truncate_left"))
     text = "start " + "word " * 1100 + "end"
     out = asyncio.run(engine.score(parse_score_request({"inputs": [{"text": text}]}, 8)))
     engine.close()
@@ -251,6 +252,36 @@ def test_engine_truncate_left_keeps_the_reward_token(exported_tiny_rm):
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0, 0].item()
     assert abs(out["rewards"][0] - expected) <= 1e-4
+
+
+def test_vllm_add_special_tokens_false_is_honoured(tmp_path, tiny_encoder_dir):
+    """An encoder RM's tokenizer adds [CLS]/[SEP]: the two values of vLLM's flag give different sequences, and
+    each is scored exactly as plain transformers scores tokenizer(text, add_special_tokens=<flag>)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.model.build import build_reward_model
+    from ray_rm.model.export import export_hf
+    from ray_rm.serve import vllm_api
+    from ray_rm.serve.scoring_engine import ScoringEngine
+
+    path = export_hf(build_reward_model(ModelConfig(name_or_path=tiny_encoder_dir), seed=3), tiny_encoder_dir,
+                     tmp_path / "hf", {"chat_template": "auto", "max_length": 256})
+    engine = ScoringEngine(ServeConfig(model_path=str(path)))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    text = "is the sky blue? yes, on a clear day."
+    got, expected = {}, {}
+    for special in (True, False):
+        call = vllm_api.parse_classify({"input": text, "add_special_tokens": special, "use_activation": False}, 4)
+        got[special] = asyncio.run(engine.score(call.request))["rewards"][0]
+        with torch.no_grad():
+            ids = tok(text, add_special_tokens=special)["input_ids"]
+            expected[special] = model(torch.tensor([ids])).logits[0, 0].item()
+    engine.close()
+    assert abs(expected[True] - expected[False]) > 1e-3  # the flag changes what is scored
+    assert all(abs(got[s] - expected[s]) < 1e-4 for s in (True, False)), (got, expected)
 
 
 # ------------------------------------------------------------------------------------------ config + app

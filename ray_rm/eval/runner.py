@@ -20,8 +20,9 @@ from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
 from ray_rm.eval.rewardbench2 import rewardbench2_scores
-from ray_rm.relabel.score import Scored, make_scorer, score_examples
-from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.examples import ResponseScores, score_examples
+from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.scorer import make_scorer
 from ray_rm.validation import validate
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True) -> 
         examples.append(ex)
     out = []
     for ex, s in zip(examples, score_examples(scorer, examples, truncate=truncate)):
-        if isinstance(s, Scored):
+        if isinstance(s, ResponseScores):
             out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset, ex.row_id,
                                      s.truncated))
         else:

@@ -26,8 +26,8 @@ from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError, UserError
 from ray_rm.relabel.config import RelabelConfig, RelabelJobConfig
-from ray_rm.relabel.score import make_scorer
-from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.scorer import make_scorer
 from ray_rm.relabel.task import DATA_DIR, PROGRESS_DIR, marker_path, run_task
 from ray_rm.validation import validate
 

@@ -27,7 +27,7 @@ from ray_rm.data.sources import ReadTask
 from ray_rm.errors import DataError
 from ray_rm.relabel import select
 from ray_rm.relabel.config import RelabelConfig
-from ray_rm.relabel.score import Scored, group_tokens, score_examples
+from ray_rm.scoring.examples import ResponseScores, group_tokens, score_examples
 
 DATA_DIR, PROGRESS_DIR = "data", "_progress"
 
@@ -83,7 +83,7 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
     scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)
     for ex, s in zip(examples, scored):
-        if not isinstance(s, Scored):
+        if not isinstance(s, ResponseScores):
             out.report.drop(*s)
             continue
         if cfg.mode == "pairs-from-candidates":
