@@ -11,7 +11,7 @@ AdamW. All variants run in one process invocation on the same pairs:
   Same packed rows (token budget ``--pack-tokens``), identical to what the job streams:
     bare       a plain torch loop: collate -> forward -> loss -> backward -> clip -> AdamW (the machine's limit)
     ray_rm     the real job: Ray Data -> Ray Train TorchTrainer (1 worker, all cores) -> DeepSpeed (ZeRO-2
-               configured; one worker without offload runs stage 0, see ray_rm/train/engine.py);
+               configured; one worker without offload runs stage 0, see ray_rm/train/deepspeed_setup.py);
                tokens/s from its per-step metrics (same rows, same order)
 
   python bench/train_throughput.py [--pairs 96] [--max-len 384] [--steps 6] [--job-steps 6]

@@ -1,5 +1,9 @@
 """DeepSpeed engine setup for one worker: precision, ZeRO stage, optimizer groups, warmup + cosine schedule.
 
+What this module is for: turning the train config into one ``deepspeed.initialize`` call. What it must not
+do: validate settings (``ray_rm/validation.py`` refused impossible ones before any worker started), run
+steps, or scale losses (``train/loss_scale.py``).
+
 Precision rules (``model.dtype``):
   * bfloat16: DeepSpeed bf16. The module holds bf16 copies of every parameter; ZeRO keeps the fp32 master
     weights (so mixed precision always runs at ZeRO stage >= 1, whose masters the export reads). The value
