@@ -12,6 +12,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -100,20 +101,46 @@ def ordered_tasks(files: list[str], data_cfg: DataConfig, seed: int | None) -> l
 
 
 def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSettings):
-    """A lazy, streaming ``ray.data.Dataset`` of packed rows and per-task report rows."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    """A lazy ``ray.data.Dataset`` of packed rows and per-task report rows over all read tasks, in seed order."""
+    from ray.data import DataContext
 
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
-    items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(
+    return tasks_dataset(list(enumerate(t.to_dict() for t in tasks)), data_cfg, settings, data_cfg.tokenize_actors)
+
+
+def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings: PackSettings, actors: int,
+                  window_bytes: int = 0):
+    """A lazy ``ray.data.Dataset`` over the given (task index, task dict) pairs, packed on an actor pool.
+
+    One block per task and ``preserve_order``: the stream is the tasks' rows in the given order. With
+    ``window_bytes`` the dataset's own executor may hold at most that many object-store bytes (its
+    ``resource_limits``): the streaming feed's window, which bounds memory whatever the data size."""
+    import ray
+    from ray.data import ActorPoolStrategy, ExecutionOptions, ExecutionResources
+
+    items = [{"task": json.dumps(t), "task_index": i} for i, t in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
         PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
-        batch_size=1, compute=ActorPoolStrategy(size=max(1, min(data_cfg.tokenize_actors, len(tasks)))),
+        batch_size=1, compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
         batch_format="numpy", num_cpus=1,
     )
+    if window_bytes:
+        ds.context.execution_options = ExecutionOptions(
+            preserve_order=True, resource_limits=ExecutionResources(object_store_memory=window_bytes))
+    else:
+        ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def direct_task_records(tasks: list[tuple[int, dict]], encoder, data_cfg: DataConfig,
+                        settings: PackSettings) -> Iterator[dict]:
+    """The records ``tasks_dataset`` streams (packed rows, then each task's report row), computed in this
+    process without Ray: the reference in tests, and the eval feed's source (eval shards are small)."""
+    for index, task in tasks:
+        yield from prepare_and_pack(ReadTask.from_dict(task), index, encoder, data_cfg, settings).to_pylist()
 
 
 def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> tuple[list[PackedRow], DropReport]:

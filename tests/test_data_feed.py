@@ -1,0 +1,135 @@
+"""The streaming feed on two real gloo ranks (torch.multiprocessing, no Ray): uneven shards step together,
+an SP group gets identical rows, a resumed feed continues at exactly the next row, eval with fewer rows
+than ranks stays in step, and the data summary accounts for every row.
+
+The reference is ``direct_packed_rows``-style packing of every task in this process: the ranks together
+must train exactly its pairs, each once per epoch. The Ray Data source of the same records is covered
+by tests/test_pipeline.py (stream == direct) and the end-to-end training tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+
+from conftest import HH_TEST, HH_TRAIN, free_port
+from ray_rm.config_schema import DataConfig
+from ray_rm.data.pipeline import PackSettings, direct_task_records, make_encoder, ordered_tasks
+from ray_rm.train.feed_plan import FeedPlan, balanced_tasks, epoch_task_order, rank_tasks
+
+pytestmark = pytest.mark.slow  # two spawned processes importing transformers: ~1 min on 2 cores
+CFG = DataConfig(train_files=[str(HH_TRAIN)], limit=60, rows_per_read_task=20, pack_tokens=1024, max_length=384,
+                 pack_window=64)
+SEED = 5
+RESUME_AT = 2
+
+
+def make_plan(tokenizer_dir: str) -> FeedPlan:
+    settings = PackSettings(tokenizer_path=tokenizer_dir, share_prompt=True, seed=SEED)
+    train = balanced_tasks(CFG.train_files, CFG, SEED, dp_size=1)  # 3 tasks of 20: uneven over 2 ranks
+    one_pair = [t.to_dict() for t in ordered_tasks([str(HH_TEST)], replace(CFG, limit=1), None)]
+    return FeedPlan(train, one_pair, CFG, settings, replace(settings, seed=None), 1, 0, 1)
+
+
+def ids(rows: list) -> list:
+    return [r.group_ids if r is not None else None for r in rows]
+
+
+def _run_feed(plan, dp_size, dp_rank, counts, micro_steps=2, shuffle_window=3):
+    from ray_rm.train.data_feed import WorkerFeed, direct_source
+
+    source = direct_source(plan)
+    return WorkerFeed(plan, dp_size, dp_rank, micro_steps, SEED, shuffle_window, source,
+                      direct_source(plan, plan.eval_settings), counts_for_group=counts)
+
+
+def _scenario(rank: int, world: int, plan: FeedPlan, out_dir: str, port: int) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    out: dict = {}
+    feed = _run_feed(plan, 2, rank, True)  # dp = 2
+    for epoch in (0, 1):
+        out[f"dp_epoch{epoch}"] = [(s, ids(rows), last) for s, rows, last in feed.steps(epoch)]
+    resumed = _run_feed(plan, 2, rank, True)
+    out["dp_resumed_epoch1"] = [(s, ids(rows), last) for s, rows, last in resumed.steps(1, RESUME_AT)]
+    out["has_eval"] = feed.has_eval
+    out["eval"] = [ids([r])[0] for r in feed.eval_rows()]
+    out["dp_summary"] = feed.data_summary()  # after eval, as in the train loop
+    sp = _run_feed(plan, 1, 0, rank == 0)  # an SP group of 2: both ranks are dp rank 0
+    out["sp_epoch0"] = [(s, ids(rows), last) for s, rows, last in sp.steps(0)]
+    out["sp_summary"] = sp.data_summary()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(smollm2_dir, tmp_path_factory):
+    plan = make_plan(smollm2_dir)
+    out = tmp_path_factory.mktemp("feed")
+    mp.spawn(_scenario, args=(2, plan, str(out), free_port()), nprocs=2, join=True)
+    return plan, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def reference(ranks):
+    """Every task packed in this process: (pair ids of all packed rows, total rows, drop report totals)."""
+    plan, _ = ranks
+    encoder = make_encoder(plan.settings.tokenizer_path, plan.data_cfg)
+    records = list(direct_task_records(list(enumerate(plan.train_tasks)), encoder, plan.data_cfg, plan.settings))
+    packed = [r for r in records if r["kind"] == "packed"]
+    return Counter(i for r in packed for i in r["group_ids"]), len(packed)
+
+
+def trained(steps: list) -> Counter:
+    return Counter(i for _, micro, _ in steps for row in micro if row is not None for i in row)
+
+
+def test_uneven_shards_step_together_and_each_row_is_read_once(ranks, reference):
+    plan, (r0, r1) = ranks
+    want, num_rows = reference
+    assert [len(rank_tasks(plan.train_tasks, 0, SEED, 2, r)) for r in (0, 1)] == [2, 1]  # uneven shards
+    for epoch in ("dp_epoch0", "dp_epoch1"):
+        assert [s for s, _, _ in r0[epoch]] == [s for s, _, _ in r1[epoch]]  # the same steps on both ranks
+        assert [last for _, _, last in r0[epoch]][-1] and not any(last for _, _, last in r0[epoch][:-1])
+        assert trained(r0[epoch]) + trained(r1[epoch]) == want  # every pair once per epoch, none twice
+        assert not set(trained(r0[epoch])) & set(trained(r1[epoch]))
+    assert any(row is None for _, micro, _ in r1["dp_epoch0"] for row in micro)  # the short rank padded
+    assert any(epoch_task_order(3, e, SEED) != epoch_task_order(3, 0, SEED) for e in (1, 2, 3))  # reshuffled
+    assert [m for _, m, _ in r0["dp_epoch0"]] != [m for _, m, _ in r0["dp_epoch1"]]
+    summary = r0["dp_summary"]
+    assert summary == r1["dp_summary"] and summary["train"]["rows"] == num_rows
+    assert summary["train"]["report"]["rows_read"] == 60  # the drop report accounts for every row read
+    assert summary["train"]["groups"] == summary["train"]["report"]["rows_kept"] == sum(want.values())
+
+
+def test_resumed_feed_continues_at_the_next_row(ranks, reference):
+    _, (r0, r1) = ranks
+    for r in (r0, r1):
+        assert r["dp_resumed_epoch1"] == r["dp_epoch1"][RESUME_AT:]
+    before = Counter()
+    for r in (r0, r1):
+        before += trained(r["dp_epoch1"][:RESUME_AT])
+    after = trained(r0["dp_resumed_epoch1"]) + trained(r1["dp_resumed_epoch1"])
+    assert before + after == reference[0]  # same multiset of pair ids as the uninterrupted epoch
+
+
+def test_sequence_parallel_group_gets_identical_rows(ranks, reference):
+    _, (r0, r1) = ranks
+    assert r0["sp_epoch0"] == r1["sp_epoch0"]
+    assert trained(r0["sp_epoch0"]) == reference[0]
+    assert r0["sp_summary"]["train"]["rows"] == reference[1]  # counted once per SP group, not twice
+
+
+def test_eval_with_fewer_rows_than_ranks(ranks):
+    _, (r0, r1) = ranks
+    assert r0["has_eval"] and r1["has_eval"]
+    assert len(r0["eval"]) == len(r1["eval"]) == 1  # the same number of forwards on both ranks
+    assert r0["eval"][0] is not None and r1["eval"] == [None]
+    assert r0["dp_summary"]["eval"]["report"]["rows_read"] == 1
