@@ -14,7 +14,9 @@ Designs (``DESIGNS``: name -> runner(files, opts) returning per-rank counters):
              row k when k % dp == rank (ray_rm/train/data_feed.py's arithmetic).
   prototype  per-rank streaming (bench/stream_prototype.py): each worker builds its own Ray Data pipeline
              over its read tasks inside the train loop (design C of SCALE_DESIGN.md).
-The issue's streaming feed is added as another entry in ``DESIGNS``.
+  stream     ray_rm's streaming feed (ray_rm/train/feed_plan.py + data_feed.py): the driver plans read tasks
+             and estimates the epoch from a sample; each worker streams its own tasks through a windowed
+             Ray Data pipeline while it steps (the default of the train job).
 
   python bench/data_scale.py [--sizes 10000,40000] [--designs baseline] [--results-dir bench/results]
 Prints JSON and writes RESULTS/data_scale.json and data_scale.png.
@@ -60,6 +62,7 @@ class BenchOptions:
     seed: int = 42
     tokenizer: str = "smollm2-135m-instruct"
     num_cpus: int = 4
+    window_mb: int = 64  # stream design: object-store window per rank
 
 
 def pipeline_config(files: list[str], opts: BenchOptions):
@@ -134,7 +137,62 @@ def run_prototype(files: list[str], opts: BenchOptions) -> dict:
     return run_stream(files, opts)
 
 
-DESIGNS = {"baseline": run_baseline, "prototype": run_prototype}
+# ---------------------------------------------------------------- stream: the library's streaming feed
+def run_stream(files: list[str], opts: BenchOptions) -> dict:
+    """ray_rm's feed as the train job runs it: plan on the driver (train/feed_plan.py), stream per rank."""
+    from dataclasses import replace
+
+    from ray_rm.data.pipeline import make_encoder
+    from ray_rm.data.prepare import resolve_max_length
+    from ray_rm.train.feed_plan import FeedPlan, balanced_tasks, estimate_steps_per_epoch
+
+    cfg, settings = pipeline_config(files, opts)
+    t0 = time.time()
+    cfg = resolve_max_length(cfg, settings.tokenizer_path)
+    tasks = balanced_tasks(files, cfg, settings.seed, opts.workers)
+    estimate = estimate_steps_per_epoch(tasks, make_encoder(settings.tokenizer_path, cfg), cfg, settings,
+                                        opts.workers, 1)
+    plan = FeedPlan(tasks, [], cfg, settings, replace(settings, seed=None),
+                    max(1, math.ceil(opts.tokenize_actors / opts.workers)), opts.window_mb * 2 ** 20, estimate)
+    plan_s = time.time() - t0
+    with tempfile.TemporaryDirectory(prefix="data_scale_") as storage:
+        result = make_trainer(stream_loop, {"plan": plan, "noop": opts.step == "noop", "seed": opts.seed},
+                              opts, storage).fit()
+    ranks = json.loads(result.metrics["ranks_json"])
+    data = ranks[0]["data_summary"]["train"]
+    return {"ranks": ranks, "rows_total": data["rows"], "pairs_total": data["report"]["rows_kept"],
+            "pairs_read": data["report"]["rows_read"],
+            "phases": {"plan_s": round(plan_s, 2), "tasks": len(tasks), "estimated_steps": estimate,
+                       "steps": ranks[0]["steps"], "window_mb": opts.window_mb}}
+
+
+def stream_loop(config: dict) -> None:
+    import ray.train
+    import torch
+
+    from ray_rm.train.data_feed import WorkerFeed, direct_source, ray_data_source
+
+    torch.set_num_threads(1)
+    ctx = ray.train.get_context()
+    plan = config["plan"]
+    counters, step = RankCounters(), TinyStep(noop=config["noop"])
+    stream = ray_data_source(plan)
+
+    def counted(tasks):
+        for rec in stream(tasks):
+            if rec["kind"] == "packed":
+                counters.saw_row()
+            yield rec
+
+    feed = WorkerFeed(plan, ctx.get_world_size(), ctx.get_world_rank(), 1, config["seed"], 1024, counted,
+                      direct_source(plan))
+    for _, rows, _ in feed.steps(0):
+        step(rows)
+        counters.stepped(rows)
+    report_counters(counters, {"data_summary": feed.data_summary()})
+
+
+DESIGNS = {"baseline": run_baseline, "prototype": run_prototype, "stream": run_stream}
 
 
 # ---------------------------------------------------------------- harness
@@ -215,7 +273,9 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,40000", help="comma-separated pair counts")
-    p.add_argument("--designs", default="baseline", help=f"comma-separated, from {', '.join(DESIGNS)}")
+    p.add_argument("--designs", default="baseline,stream", help=f"comma-separated, from {', '.join(DESIGNS)}")
+    p.add_argument("--baseline-max-pairs", type=int, default=160_000,
+                   help="run the materializing baseline only up to this size (its packing time grows linearly)")
     p.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNG go")
     p.add_argument("--data-dir", default="", help="synthetic shards (default: RESULTS/synthetic_pairs)")
     p.add_argument("--data-seed", type=int, default=0)
@@ -243,6 +303,8 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         files, manifest = ensure_pairs(data_root / f"pairs-{size}-seed{args.data_seed}", size, args.data_seed)
         for design in designs:
+            if design == "baseline" and size > args.baseline_max_pairs:
+                continue
             run = run_isolated(design, size, files, opts)
             if "rows_total" in run:
                 run["read_amplification"] = round(sum(run["rows_read_per_worker"]) / max(1, run["rows_total"]), 3)

@@ -142,12 +142,17 @@ def run_packed(chunks, share_prompt, warmup):
 
 
 def job_rows(data_file: Path, pack_tokens: int, max_len: int):
+    """The packed rows a one-worker job trains, in its epoch-0 order (the streaming feed's plan, packed here)."""
     from ray_rm.config_schema import DataConfig
-    from ray_rm.data.pipeline import PackSettings, direct_packed_rows
+    from ray_rm.data.pipeline import PackSettings, direct_task_records, make_encoder
+    from ray_rm.packed import PackedRow
+    from ray_rm.train.feed_plan import balanced_tasks, rank_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens)
-    rows, _ = direct_packed_rows([str(data_file)], cfg, PackSettings("smollm2-135m-instruct", True, 42))
-    return rows, cfg
+    settings = PackSettings("smollm2-135m-instruct", True, 42)
+    tasks = rank_tasks(balanced_tasks([str(data_file)], cfg, 42, dp_size=1), 0, 42, 1, 0)
+    records = direct_task_records(tasks, make_encoder(settings.tokenizer_path, cfg), cfg, settings)
+    return [PackedRow.from_record(r) for r in records if r["kind"] == "packed"], cfg
 
 
 def run_bare(rows, warmup):
@@ -248,10 +253,7 @@ def main() -> None:
             lines = HH_TRAIN.read_text().splitlines()
             data_file.write_text("\n".join(lines[: args.pairs * 2]))
             rows, _ = job_rows(data_file, args.pack_tokens, args.max_len)
-            from ray_rm.train.data_feed import RowSchedule
-
-            order = RowSchedule(len(rows), 1, 1, 42).epoch_order(0)  # the job's first-epoch order
-            job_order = [rows[i] for i in order][: args.job_steps]
+            job_order = rows[: args.job_steps]  # the job's first-epoch order
             bare = run_bare(job_order, warmup)
             bare["peak_rss_gb_process"] = round(peak_rss_gb(), 2)
             job = run_job(data_file, args.pack_tokens, args.max_len, args.job_steps, warmup, Path(tmp))

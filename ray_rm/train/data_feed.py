@@ -215,13 +215,11 @@ class WorkerFeed:
     def data_summary(self) -> dict:
         """Rows, groups, tokens and drop reports of the train data (the last complete epoch, else what was read)
         and of the eval data, summed over data-parallel ranks. A collective: every rank calls it."""
-        import torch.distributed as dist
+        from ray_rm.train.collectives import all_gather_objects
 
         train = self._complete_stats or self._epoch_stats or StreamStats()
         evald = self._eval[1] if self._eval else None
         mine = {"train": train.to_dict(), "eval": evald.to_dict() if evald else None} if self._counts else None
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
-        parts = [p for p in parts if p is not None]
+        parts = [p for p in all_gather_objects(mine) if p is not None]
         evals = [p["eval"] for p in parts if p["eval"] is not None]
         return {"train": merge_stats([p["train"] for p in parts]), "eval": merge_stats(evals) if evals else None}
