@@ -1,5 +1,7 @@
 """Normalize every supported preference-row format into one canonical ``PreferenceExample``.
 
+Pure: it must not import Ray, torch or a tokenizer, read files, or filter for quality (``quality.py``).
+
 Supported rows (JSON objects):
   * implicit prompt text pairs   ``{"chosen": str, "rejected": str}`` (HH-RLHF; the shared prefix is the prompt)
   * explicit prompt              ``{"prompt": str, "chosen": str, "rejected": str}``
