@@ -1,4 +1,7 @@
-"""Errors a user can fix. Jobs print them as one line; everything else is a bug and keeps its trace."""
+"""Errors a user can fix. Jobs print them as one line; everything else is a bug and keeps its trace.
+
+It must not import anything heavy (every module, pure ones included, imports it).
+"""
 from __future__ import annotations
 
 
