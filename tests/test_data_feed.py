@@ -105,6 +105,8 @@ def test_uneven_shards_step_together_and_each_row_is_read_once(ranks, reference)
     assert [m for _, m, _ in r0["dp_epoch0"]] != [m for _, m, _ in r0["dp_epoch1"]]
     summary = r0["dp_summary"]
     assert summary == r1["dp_summary"] and summary["train"]["rows"] == num_rows
+    rows_trained = [sum(row is not None for _, micro, _ in r["dp_epoch0"] for row in micro) for r in (r0, r1)]
+    assert summary["train"]["rows_per_dp_rank"] == rows_trained
     assert summary["train"]["report"]["rows_read"] == 60  # the drop report accounts for every row read
     assert summary["train"]["groups"] == summary["train"]["report"]["rows_kept"] == sum(want.values())
 

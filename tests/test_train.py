@@ -49,7 +49,10 @@ def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, ti
     losses = epoch_losses(read_metrics(out))
     assert len(losses) == 5 and losses[-1] < losses[0] - 0.05, losses
     kept = summary["data"]["drop_report"]["train"]["rows_kept"]
-    steps_per_epoch = -(-summary["data"]["train_rows_packed"] // 2)  # 2 data-parallel workers, 1 row per step each
+    # 2 data-parallel workers streaming uneven shards, 1 row per step each: an epoch lasts as long as the longer
+    per_rank = summary["data"]["train_rows_per_dp_rank"]
+    assert len(per_rank) == 2 and sum(per_rank) == summary["data"]["train_rows_packed"]
+    steps_per_epoch = max(per_rank)
     assert 40 <= kept <= 48 and summary["steps"] == 5 * steps_per_epoch and summary["pairs_seen"] == 5 * kept
     accuracy, pairs = eval_accuracy_by_transformers(tiny_config(tiny_decoder_dir, out), out / "hf")
     assert pairs >= 40 and summary["final_metrics"]["eval/rm/accuracy"] == pytest.approx(accuracy, abs=1.01 / pairs)
@@ -105,7 +108,7 @@ def test_encoder_reward_model_trains_and_exports(ray_local, tiny_encoder_dir, tm
 
     out = tmp_path / "encoder"
     summary = run_training(tiny_config(tiny_encoder_dir, out, **{"data.max_length": 256, "train.zero_stage": 1}))
-    assert summary["steps"] == -(-summary["data"]["train_rows_packed"] // 2)  # one epoch, 2 workers, 1 row each
+    assert summary["steps"] == max(summary["data"]["train_rows_per_dp_rank"])  # one epoch, 2 workers, 1 row each
     clf = AutoModelForSequenceClassification.from_pretrained(out / "hf").eval()
     assert type(clf).__name__ == "BertForSequenceClassification"
     scorer = RewardScorer(str(out / "hf"))

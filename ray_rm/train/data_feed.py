@@ -222,4 +222,6 @@ class WorkerFeed:
         mine = {"train": train.to_dict(), "eval": evald.to_dict() if evald else None} if self._counts else None
         parts = [p for p in all_gather_objects(mine) if p is not None]
         evals = [p["eval"] for p in parts if p["eval"] is not None]
-        return {"train": merge_stats([p["train"] for p in parts]), "eval": merge_stats(evals) if evals else None}
+        train_parts = [p["train"] for p in parts]  # in dp-rank order
+        return {"train": {**merge_stats(train_parts), "rows_per_dp_rank": [p["rows"] for p in train_parts]},
+                "eval": merge_stats(evals) if evals else None}
