@@ -270,6 +270,20 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def ratios(runs: list[dict]) -> dict:
+    """Per design, largest over smallest size measured: the growth the issue's targets bound."""
+    out = {}
+    for design in dict.fromkeys(r["design"] for r in runs if "error" not in r):
+        mine = sorted((r for r in runs if r["design"] == design and "error" not in r), key=lambda r: r["size"])
+        if len(mine) < 2:
+            continue
+        lo, hi = mine[0], mine[-1]
+        out[design] = {"sizes": [lo["size"], hi["size"]],
+                       **{f"{k}_growth": round(hi[k] / lo[k], 3) for k in
+                          ("time_to_first_step_s", "peak_object_store_bytes", "peak_driver_rss_bytes") if lo.get(k)}}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,40000", help="comma-separated pair counts")
@@ -279,6 +293,9 @@ def main() -> None:
     p.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNG go")
     p.add_argument("--data-dir", default="", help="synthetic shards (default: RESULTS/synthetic_pairs)")
     p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--append", action="store_true",
+                   help="keep the runs already in RESULTS/data_scale.json (a new run of the same design and size "
+                        "replaces the old one): split the full bench over several commands")
     for field, default in asdict(BenchOptions()).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -300,6 +317,9 @@ def main() -> None:
     from synthetic_pairs import ensure_pairs
 
     runs = []
+    previous = results / "data_scale.json"
+    if args.append and previous.is_file():
+        runs = json.loads(previous.read_text())["runs"]
     for size in (int(s) for s in args.sizes.split(",")):
         files, manifest = ensure_pairs(data_root / f"pairs-{size}-seed{args.data_seed}", size, args.data_seed)
         for design in designs:
@@ -309,10 +329,10 @@ def main() -> None:
             if "rows_total" in run:
                 run["read_amplification"] = round(sum(run["rows_read_per_worker"]) / max(1, run["rows_total"]), 3)
             run["data_bytes"] = manifest["bytes"]
-            runs.append(run)
+            runs = [r for r in runs if (r["design"], r["size"]) != (design, size)] + [run]
             print(json.dumps({k: v for k, v in run.items() if k != "object_store_timeline"}), flush=True)
     results.mkdir(parents=True, exist_ok=True)
-    out = {"options": asdict(opts), "machine": {"cpus": os.cpu_count()}, "runs": runs}
+    out = {"options": asdict(opts), "machine": {"cpus": os.cpu_count()}, "runs": runs, "ratios": ratios(runs)}
     (results / "data_scale.json").write_text(json.dumps(out, indent=1))
     plot([r for r in runs if "error" not in r], results / "data_scale.png")
     print(json.dumps({"results": str(results / "data_scale.json"), "plot": str(results / "data_scale.png")}))

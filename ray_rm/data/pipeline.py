@@ -1,5 +1,9 @@
 """The Ray Data graph: read tasks -> (normalize, filter, tokenize, pack) on an actor pool -> packed rows.
 
+Two uses: ``tasks_dataset`` is one training rank's stream (its tasks, in the feed plan's order, under an
+object-store window; see train/data_feed.py), and ``packed_dataset``/``materialize`` run every task once
+(inspection tools, tests, and the materializing baseline of bench/data_scale.py).
+
 It must not hold the per-task logic (``prepare.py``), the packing algorithm (``packer.py``) or config rules.
 
 Each read task (a row range of one source) is prepared and packed by one actor call, so the result
@@ -129,9 +133,10 @@ def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings:
         batch_size=1, compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
         batch_format="numpy", num_cpus=1,
     )
-    if window_bytes:
+    if window_bytes:  # a training stream: bounded, and quiet in the worker's log
         ds.context.execution_options = ExecutionOptions(
             preserve_order=True, resource_limits=ExecutionResources(object_store_memory=window_bytes))
+        ds.context.enable_progress_bars = False
     else:
         ds.context.execution_options.preserve_order = True
     return ds
