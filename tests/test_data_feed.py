@@ -22,7 +22,6 @@ from ray_rm.config_schema import DataConfig
 from ray_rm.data.pipeline import PackSettings, direct_task_records, make_encoder, ordered_tasks
 from ray_rm.train.feed_plan import FeedPlan, balanced_tasks, epoch_task_order, rank_tasks
 
-pytestmark = pytest.mark.slow  # two spawned processes importing transformers: ~1 min on 2 cores
 CFG = DataConfig(train_files=[str(HH_TRAIN)], limit=60, rows_per_read_task=20, pack_tokens=1024, max_length=384,
                  pack_window=64)
 SEED = 5
@@ -69,7 +68,7 @@ def _scenario(rank: int, world: int, plan: FeedPlan, out_dir: str, port: int) ->
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # two spawned processes importing transformers: ~35-55 s on 2 cores
 def ranks(smollm2_dir, tmp_path_factory):
     plan = make_plan(smollm2_dir)
     out = tmp_path_factory.mktemp("feed")
@@ -91,6 +90,7 @@ def trained(steps: list) -> Counter:
     return Counter(i for _, micro, _ in steps for row in micro if row is not None for i in row)
 
 
+@pytest.mark.slow
 def test_uneven_shards_step_together_and_each_row_is_read_once(ranks, reference):
     plan, (r0, r1) = ranks
     want, num_rows = reference
@@ -111,6 +111,7 @@ def test_uneven_shards_step_together_and_each_row_is_read_once(ranks, reference)
     assert summary["train"]["groups"] == summary["train"]["report"]["rows_kept"] == sum(want.values())
 
 
+@pytest.mark.slow
 def test_resumed_feed_continues_at_the_next_row(ranks, reference):
     _, (r0, r1) = ranks
     for r in (r0, r1):
@@ -122,6 +123,7 @@ def test_resumed_feed_continues_at_the_next_row(ranks, reference):
     assert before + after == reference[0]  # same multiset of pair ids as the uninterrupted epoch
 
 
+@pytest.mark.slow
 def test_sequence_parallel_group_gets_identical_rows(ranks, reference):
     _, (r0, r1) = ranks
     assert r0["sp_epoch0"] == r1["sp_epoch0"]
@@ -129,9 +131,36 @@ def test_sequence_parallel_group_gets_identical_rows(ranks, reference):
     assert r0["sp_summary"]["train"]["rows"] == reference[1]  # counted once per SP group, not twice
 
 
+@pytest.mark.slow
 def test_eval_with_fewer_rows_than_ranks(ranks):
     _, (r0, r1) = ranks
     assert r0["has_eval"] and r1["has_eval"]
     assert len(r0["eval"]) == len(r1["eval"]) == 1  # the same number of forwards on both ranks
     assert r0["eval"][0] is not None and r1["eval"] == [None]
     assert r0["dp_summary"]["eval"]["report"]["rows_read"] == 1
+
+
+def test_every_task_goes_to_exactly_one_rank_each_epoch():
+    tasks = [{"start": i, "stop": i + 1} for i in range(7)]
+    for epoch in range(3):
+        got = [i for rank in range(3) for i, _ in rank_tasks(tasks, epoch, SEED, 3, rank)]
+        assert sorted(got) == list(range(7))
+    assert [len(rank_tasks(tasks, 0, SEED, 3, r)) for r in range(3)] == [3, 2, 2]
+
+
+def test_small_sources_are_split_so_every_rank_reads(smollm2_dir):
+    assert len(balanced_tasks(CFG.train_files, replace(CFG, rows_per_read_task=2000), SEED, dp_size=4)) == 8
+
+
+def test_epoch_length_estimate_is_close_to_the_packed_count(smollm2_dir):
+    """The sampled estimate (40 of 160 pairs packed) against every rank's real packed row count."""
+    from ray_rm.train.feed_plan import estimate_steps_per_epoch
+
+    cfg = replace(CFG, limit=160, rows_per_read_task=40, step_estimate_pairs=40)
+    settings = PackSettings(tokenizer_path=smollm2_dir, share_prompt=True, seed=SEED)
+    tasks = balanced_tasks(cfg.train_files, cfg, SEED, dp_size=2)
+    encoder = make_encoder(smollm2_dir, cfg)
+    estimate = estimate_steps_per_epoch(tasks, encoder, cfg, settings, dp_size=2, micro_steps=1)
+    real = max(sum(r["kind"] == "packed" for r in direct_task_records(rank_tasks(tasks, 0, SEED, 2, rank), encoder,
+                                                                      cfg, settings)) for rank in (0, 1))
+    assert abs(estimate - real) <= 0.25 * real, (estimate, real)
