@@ -28,6 +28,9 @@ _WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON
 
 _OWNS_LOCAL_CLUSTER = False
 _LAST_STOP_SIGNAL: int | None = None
+# The SIGINT/SIGTERM handlers in place before ``init_ray``: ``shutdown_ray`` puts them back, so a library caller
+# (a notebook, a test session) does not keep ray_rm's stop handler after its Ray work ends.
+_HANDLERS_BEFORE_RAY: dict | None = None
 
 
 class JobStopped(KeyboardInterrupt):
@@ -72,6 +75,15 @@ def shutdown_ray() -> None:
             log.info("stopping the local Ray cluster this job started")
         ray.shutdown(wait_for_processes=_OWNS_LOCAL_CLUSTER)
     _OWNS_LOCAL_CLUSTER = False
+    _restore_signal_handlers()
+
+
+def _restore_signal_handlers() -> None:
+    global _HANDLERS_BEFORE_RAY
+    if _HANDLERS_BEFORE_RAY is not None and threading.current_thread() is threading.main_thread():
+        for signum, handler in _HANDLERS_BEFORE_RAY.items():
+            signal.signal(signum, handler)
+    _HANDLERS_BEFORE_RAY = None
 
 
 def quiet_ray_logs() -> None:
@@ -103,11 +115,14 @@ def init_ray(cfg: RayConfig):
     ``auto-local``: inside ``ray job submit`` (RAY_ADDRESS set) or next to a running ``ray start`` cluster,
     join it; otherwise start a private local cluster. ``local`` always starts one; anything else is an address.
     """
+    global _HANDLERS_BEFORE_RAY
     import ray
 
     quiet_ray_logs()
     if ray.is_initialized():
         return ray
+    if _HANDLERS_BEFORE_RAY is None:
+        _HANDLERS_BEFORE_RAY = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for k, v in _WORKER_ENV.items():
         os.environ.setdefault(k, v)
     kwargs = {"log_to_driver": True, "runtime_env": {"env_vars": dict(_WORKER_ENV)}}
