@@ -20,7 +20,7 @@ FLOPs count useful work only (padding is not work):
 
 Serving: the same rollouts (each HH response as one request of token ids, OpenRLHF-style one query per
 request) from 1, 8 and 64 concurrent callers, scored by
-  ray_rm      ``serve.engine.RewardEngine``: its token batcher packs concurrent requests into one forward
+  ray_rm      ``serve.scoring_engine.ScoringEngine``: its token batcher packs concurrent requests into one forward
   per_request the per-request server's method: each request alone through AutoModelForSequenceClassification,
               one at a time (OpenRLHF's serve_rm)
 Both in bf16 on the GPU; the first rewards of both are compared (bf16 tolerance).
@@ -170,16 +170,17 @@ def bench_packed(model_dir, groups, share: bool, args, device, dtype, shape, pea
     import torch
 
     from ray_rm.config_schema import ModelConfig, TrainConfig
-    from ray_rm.data.packer import attention_blocks, pack_groups
+    from ray_rm.data.packer import pack_groups
+    from ray_rm.packed import attention_blocks
     from ray_rm.losses import LossSettings
     from ray_rm.model.build import build_reward_model
-    from ray_rm.train import engine as engine_setup
+    from ray_rm.train.deepspeed_setup import initialize
     from ray_rm.train.step import StepContext, train_step
 
     model = build_reward_model(ModelConfig(name_or_path=model_dir, dtype=str(dtype).removeprefix("torch.")),
                                device=device, seed=0)
     n_params = non_embedding_params(model)
-    engine, _ = engine_setup.initialize(model, TrainConfig(zero_stage=2, warmup_ratio=0.0), 10_000, dtype, 1)
+    engine, _ = initialize(model, TrainConfig(zero_stage=2, warmup_ratio=0.0), 10_000, dtype, 1)
     ctx = StepContext(engine=engine, device=device, settings=LossSettings("bt"), world_size=1, sp=None, sp_size=1,
                       pad_token_id=0, pack_tokens=args.pack_tokens)
     rows = list(pack_groups(groups, args.pack_tokens, share, window=len(groups)))
@@ -201,7 +202,7 @@ def bench_padded(model_dir, groups, args, device, dtype, shape, peaks) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from ray_rm.config_schema import TrainConfig
-    from ray_rm.train.engine import deepspeed_config, effective_zero_stage
+    from ray_rm.train.deepspeed_setup import deepspeed_config, effective_zero_stage
 
     clf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=dtype,
                                                              attn_implementation="sdpa").to(device)

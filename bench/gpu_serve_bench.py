@@ -3,7 +3,7 @@ request at a time, on the same rollouts, at several numbers of concurrent caller
 
 Each request carries one rollout as token ids (the full prompt + response sequence; the two responses
 of an HH pair are two requests, as a PPO actor with two samples per prompt sends them). ``ray_rm`` is
-``serve.engine.RewardEngine`` (the replica's engine without HTTP); ``per_request`` runs each request
+``serve.scoring_engine.ScoringEngine`` (the replica's engine without HTTP); ``per_request`` runs each request
 alone through ``AutoModelForSequenceClassification`` under one lock, the way a per-request server
 (OpenRLHF's serve_rm) handles concurrent calls. Both load the same exported checkpoint in the same dtype.
 """
@@ -76,9 +76,9 @@ class PerRequest:
 class Engine:
     def __init__(self, path: str, device, args):
         from ray_rm.serve.config import ServeConfig
-        from ray_rm.serve.engine import RewardEngine
+        from ray_rm.serve.scoring_engine import ScoringEngine
 
-        self.engine = RewardEngine(ServeConfig(model_path=path, device=device.type,
+        self.engine = ScoringEngine(ServeConfig(model_path=path, device=device.type,
                                                num_gpus=1 if device.type == "cuda" else 0,
                                                batch_tokens=4 * args.pack_tokens, pack_tokens=args.pack_tokens,
                                                batch_wait_ms=2.0))

@@ -66,7 +66,8 @@ def build_batches(model_path: str, data: Path, rows_per_task: int, pack_tokens: 
     from ray_rm.data.formats import normalize_candidates
     from ray_rm.data.packer import pack_groups
     from ray_rm.data.sources import plan_read_tasks, read_task_rows
-    from ray_rm.data.tokenize import TokenizedGroup, common_prefix_len
+    from ray_rm.data.tokenize import TokenizedGroup
+    from ray_rm.prefix import common_prefix_len
     from ray_rm.model.batch import collate_row
     from ray_rm.scoring import RewardScorer
 
@@ -79,7 +80,7 @@ def build_batches(model_path: str, data: Path, rows_per_task: int, pack_tokens: 
         for gi, ex in enumerate(exs):  # the groups RewardScorer.score_groups builds
             seqs = ids[k:k + len(ex.responses)]
             k += len(ex.responses)
-            groups.append(TokenizedGroup(str(gi), seqs, [0] * len(seqs), common_prefix_len(seqs),
+            groups.append(TokenizedGroup(str(gi), seqs, [0] * len(seqs), common_prefix_len(seqs, keep_own=1),
                                          float("nan"), [float("nan")] * len(seqs)))
         budget = max(pack_tokens, max(g.num_tokens(scorer.share_prompt) for g in groups))
         for row in pack_groups(groups, budget, scorer.share_prompt, window=len(groups)):

@@ -11,7 +11,7 @@ AdamW. All variants run in one process invocation on the same pairs:
   Same packed rows (token budget ``--pack-tokens``), identical to what the job streams:
     bare       a plain torch loop: collate -> forward -> loss -> backward -> clip -> AdamW (the machine's limit)
     ray_rm     the real job: Ray Data -> Ray Train TorchTrainer (1 worker, all cores) -> DeepSpeed (ZeRO-2
-               configured; one worker without offload runs stage 0, see ray_rm/train/engine.py);
+               configured; one worker without offload runs stage 0, see ray_rm/train/deepspeed_setup.py);
                tokens/s from its per-step metrics (same rows, same order)
 
   python bench/train_throughput.py [--pairs 96] [--max-len 384] [--steps 6] [--job-steps 6]
@@ -127,13 +127,14 @@ def ray_rm_step_fn(share_prompt: bool):
 
 
 def run_packed(chunks, share_prompt, warmup):
-    from ray_rm.data.packer import PackedRow
+    from ray_rm.data.packer import append_group
+    from ray_rm.packed import PackedRow
 
     rows = []
     for chunk in chunks:  # one row per step holding exactly that step's pairs
         row = PackedRow()
         for g in chunk:
-            row.add_group(g, share_prompt)
+            append_group(row, g, share_prompt)
         rows.append(row)
     times = timed_steps(ray_rm_step_fn(share_prompt), rows, warmup)
     timed = rows[warmup:]

@@ -1,3 +1,4 @@
+# Thin entry point (the docstring is its --help text); it must hold no data logic (ray_rm/data/stats.py), no Ray.
 """Inspect preference data before training: drops by reason, token lengths, packing vs padding, prompt sharing.
 
   python jobs/inspect_data.py --data train.jsonl --tokenizer smollm2-135m-instruct
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ray_rm.data.prepare import resolve_max_length
     from ray_rm.data.sources import expand_sources
     from ray_rm.data.stats import data_stats, format_stats
+    from ray_rm.validation import validate
 
+    validate(cfg)
     files = args.data or cfg.data.train_files
     expand_sources(files)  # a mistyped path fails before the tokenizer loads
     encoder = make_encoder(args.tokenizer, cfg.data)

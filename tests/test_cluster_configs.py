@@ -313,7 +313,7 @@ def test_rayjob_entrypoint_runs_train_rm_with_a_valid_config(tmp_path):
 
     from ray_rm.config import load_config
     from ray_rm.config_schema import TrainJobConfig
-    from ray_rm.train.driver import validate
+    from ray_rm.validation import validate
 
     job = one("RayJob")["spec"]
     argv = shlex.split(job["entrypoint"])

@@ -12,7 +12,6 @@ import pytest
 from ray_rm.cli import parse_job_args, parse_job_config, run_job
 from ray_rm.config import ConfigError, iter_keys, load_config
 from ray_rm.config_schema import DataConfig, TrainJobConfig, opt, section
-from ray_rm.data.prepare import check_pack_budget
 from ray_rm.errors import DataError
 
 
@@ -226,13 +225,30 @@ def test_run_job_prints_user_errors_as_one_line(capsys):
     assert capsys.readouterr().err == "error: x.jsonl, row 3, field 'chosen': missing; a preference row needs 'chosen'\n"
 
 
-@pytest.mark.parametrize("key, value", [("on_error", "rasie"), ("overlength", "truncate"), ("chat_template", "yes")])
-def test_data_choices_are_checked(key, value):
+@pytest.mark.parametrize("key, value", [("on_error", "rasie"), ("overlength", "truncate"), ("chat_template", "maybe")])
+def test_word_choices_are_checked_while_loading_and_in_code_built_configs(key, value):
+    from ray_rm.config import check_choices
+
     with pytest.raises(ConfigError, match=f"config key 'data.{key}' must be one of"):
-        check_pack_budget(DataConfig(**{key: value}))
+        load_config(TrainJobConfig, None, [f"data.{key}={value}"])
+    with pytest.raises(ConfigError, match=f"config key 'data.{key}' must be one of"):
+        check_choices(TrainJobConfig(data=DataConfig(**{key: value})))
 
 
-def test_pack_budget_must_hold_a_pair():
-    check_pack_budget(DataConfig(max_length=1024, pack_tokens=2048))
-    with pytest.raises(DataError, match=r"data.pack_tokens \(2000\) must be at least 2 x data.max_length"):
-        check_pack_budget(DataConfig(max_length=1024, pack_tokens=2000))
+def test_registry_choices_follow_the_registry_and_show_in_help():
+    from ray_rm.config import describe
+    from ray_rm.losses import LOSSES
+
+    with pytest.raises(ConfigError, match="config key 'train.loss' must be one of bt | logexp"):
+        load_config(TrainJobConfig, None, ["train.loss=hinge"])
+    with pytest.raises(ConfigError, match="'model.attn_implementation' must be one of .*flash_attention_2"):
+        load_config(TrainJobConfig, None, ["model.attn_implementation=flash"])
+    line = next(x for x in describe(TrainJobConfig).splitlines() if x.strip().startswith("train.loss "))
+    assert all(name in line for name in LOSSES)
+    assert "[one of" not in describe(TrainJobConfig).split("data.on_error")[1].splitlines()[0]  # help names them
+
+
+def test_config_errors_are_user_errors():
+    from ray_rm.errors import UserError
+
+    assert issubclass(ConfigError, UserError)

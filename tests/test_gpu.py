@@ -16,7 +16,8 @@ import torch
 
 from conftest import HH_TEST
 from ray_rm.config_schema import LoraConfig, ModelConfig
-from ray_rm.data.packer import AttentionBlock, pack_groups
+from ray_rm.data.packer import pack_groups
+from ray_rm.packed import AttentionBlock
 from ray_rm.model.attention import AttentionPlan, block_attention
 from ray_rm.model.attn_backends import REGISTRY
 from ray_rm.model.attn_blocks import LayerOptions
@@ -120,7 +121,7 @@ def _clean_eval_file(path: Path, n: int = 32) -> Path:
 def test_deepspeed_nccl_train_checkpoint_export_and_exported_rewards_equal_training(ray_local, tiny_decoder_dir,
                                                                                     tmp_path):
     from ray_rm.data.formats import normalize_row
-    from ray_rm.relabel.score import score_examples
+    from ray_rm.scoring.examples import score_examples
     from ray_rm.scoring import RewardScorer
     from ray_rm.train.driver import run_training
 
@@ -162,10 +163,10 @@ def _serve_rewards(model_path: str, device: str, requests: list) -> list:
     import asyncio
 
     from ray_rm.serve.config import ServeConfig
-    from ray_rm.serve.engine import RewardEngine
+    from ray_rm.serve.scoring_engine import ScoringEngine
     from ray_rm.serve.inputs import parse_score_request
 
-    engine = RewardEngine(ServeConfig(model_path=model_path, device=device, num_gpus=1 if device == "cuda" else 0))
+    engine = ScoringEngine(ServeConfig(model_path=model_path, device=device, num_gpus=1 if device == "cuda" else 0))
 
     async def main():
         return await asyncio.gather(*(engine.score(parse_score_request(r, 64)) for r in requests))
@@ -178,7 +179,8 @@ def _serve_rewards(model_path: str, device: str, requests: list) -> list:
 
 def test_serve_engine_and_relabel_scorer_on_cuda_equal_cpu(exported_tiny_rm):
     from ray_rm.data.formats import normalize_row
-    from ray_rm.relabel.score import make_scorer, score_examples
+    from ray_rm.scoring.examples import score_examples
+    from ray_rm.scoring.scorer import make_scorer
 
     lines = HH_TEST.read_text().splitlines()[:24]
     requests = [{"inputs": [{"text": json.loads(line)["chosen"]}, {"text": json.loads(line)["rejected"]}]}

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from ray_rm.data.packer import PackedRow
+from ray_rm.data.packer import append_group
+from ray_rm.packed import PackedRow
 from ray_rm.data.tokenize import TokenizedGroup
-from ray_rm.losses import LOSS_NAMES, LossSettings, compute_loss, log_barrier, make_pairs
+from ray_rm.losses import LOSSES, LossSettings, compute_loss, log_barrier
 from ray_rm.model.batch import collate_row
 from ray_rm.model.reward_model import RewardOutput
 
@@ -20,7 +21,7 @@ def sig(x):
 def row_of(groups, share_prompt=False):
     row = PackedRow()
     for g in groups:
-        row.add_group(g, share_prompt)
+        append_group(row, g, share_prompt)
     return row
 
 
@@ -42,7 +43,25 @@ def run(name, batch, rewards, token_values=None, **kw):
 
 
 def test_registry_lists_every_loss():
-    assert set(LOSS_NAMES) == {"bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise"}
+    assert set(LOSSES) == {"bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise"}
+
+
+def test_a_registered_loss_is_picked_up_by_name_and_unknown_names_list_the_choices(two_pairs):
+    from ray_rm.errors import UserError
+    from ray_rm.losses import loss_terms, register_loss
+
+    @register_loss("hinge_test", (("hinge", "pairs"),))
+    def hinge(out, batch, settings):
+        return {"hinge": (1 - (out.rewards[batch.pair_better] - out.rewards[batch.pair_worse])).clamp(min=0).sum()}
+
+    try:
+        batch, r = two_pairs  # pair diffs 1.0 and -1.0: hinge terms 0 and 2
+        terms, res = run("hinge_test", batch, r)
+        assert terms == {"hinge": 2.0} and loss_terms(LossSettings("hinge_test")) == (("hinge", "pairs"),)
+    finally:
+        del LOSSES["hinge_test"]
+    with pytest.raises(UserError, match="hinge_test' is unknown; choose one of bt, logexp"):
+        run("hinge_test", batch, r)
 
 
 def test_bt_and_logexp(two_pairs):
@@ -122,9 +141,9 @@ def test_listwise_plackett_luce():
 
 def test_ties_form_no_pair():
     g = TokenizedGroup("t", [[1, 2], [1, 3], [1, 4]], [0, 0, 1], 1, NAN, [2.0, 2.0, 1.0])
-    pairs = make_pairs(collate_row(row_of([g])))
-    assert sorted(zip(pairs.better.tolist(), pairs.worse.tolist())) == [(0, 2), (1, 2)]
-    assert pairs.margin.tolist() == [1.0, 1.0]  # k-way margins come from score differences
+    batch = collate_row(row_of([g]))
+    assert sorted(zip(batch.pair_better.tolist(), batch.pair_worse.tolist())) == [(0, 2), (1, 2)]
+    assert batch.pair_margin.tolist() == [1.0, 1.0]  # k-way margins come from score differences
 
 
 @pytest.mark.parametrize("share_prompt", [False, True])
@@ -141,7 +160,7 @@ def test_token_divergence_after_first_differing_token(share_prompt):
     assert terms["token_divergence"] == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", list(LOSSES))
 def test_losses_never_read_device_values_on_the_host(name):
     """On the meta device every value read (.tolist(), float(), bool(), mask indexing) raises: a loss that
     runs there never waits for the GPU. Index data is built on the CPU by collate_row instead."""

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from ray_rm.data.packer import (GroupPacker, PackedRow, attention_blocks, fill_fraction, pack_groups, padded_fraction,
-                                unpack_sequences)
+from ray_rm.data.packer import GroupPacker, fill_fraction, pack_groups, padded_fraction
+from ray_rm.packed import PackedRow, attention_blocks, unpack_sequences
 from ray_rm.data.tokenize import TokenizedGroup
 
 from conftest import HH_TRAIN
@@ -58,13 +58,13 @@ def check_row(row: PackedRow, groups: list[TokenizedGroup], budget: int, share: 
             own = seq[prefix:]
             assert row.input_ids[pos:pos + len(own)] == own
             assert row.position_ids[pos:pos + len(own)] == list(range(prefix, len(seq)))
-            assert row.seq_lens[s] == len(own) and row.seq_full_lens[s] == len(seq)
+            assert row.seq_laid_out_lens[s] == len(own) and row.seq_full_lens[s] == len(seq)
             r = row.reward_index[s]
             assert r == pos + len(own) - 1 and row.input_ids[r] == seq[-1] and row.position_ids[r] == len(seq) - 1
             assert row.seq_group[s] == gi and row.seq_ranks[s] == rank and same(row.seq_scores[s], score)
             pos += len(own)
             s += 1
-    assert pos == row.num_tokens and s == len(row.seq_lens)
+    assert pos == row.num_tokens and s == len(row.seq_laid_out_lens)
     assert unpack_sequences(row) == [seq for g in groups for seq in g.sequences]
     # attention blocks tile the row; suffix blocks of a shared group see exactly their group's prompt
     blocks = attention_blocks(row)

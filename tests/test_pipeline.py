@@ -12,7 +12,7 @@ import math
 import pytest
 
 from ray_rm.config_schema import DataConfig
-from ray_rm.data.packer import PackedRow
+from ray_rm.packed import PackedRow
 from ray_rm.data.pipeline import PackSettings, direct_packed_rows, materialize, packed_dataset
 from ray_rm.data.quality import DropReport
 

@@ -171,7 +171,7 @@ def test_cli_config_error_is_one_line(tmp_path):
                            "relabel.model_path=x", "relabel.input_files=y", f"output_dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "relabel.mode must be one of" in proc.stderr
+    assert "config key 'relabel.mode' must be one of" in proc.stderr
 
 
 def test_killed_job_resumes_to_identical_output(ray_local, tmp_path, candidates_file, exported_tiny_rm):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 
 import pytest
 
 from ray_rm.scoring import RewardStats
-from ray_rm.serve.batcher import TokenBatcher, plan_groups
+from ray_rm.scoring.grouping import plan_groups
+from ray_rm.serve.batcher import TokenBatcher
 from ray_rm.serve.config import ServeConfig, ServeJobConfig
-from ray_rm.serve.engine import combine
+from ray_rm.serve.scoring_engine import combine
 from ray_rm.serve.inputs import (
     InputError,
     Item,
@@ -187,6 +187,9 @@ def test_combine_single_and_ensemble():
     assert two["rewards"] == [1.25, 0.5] and two["raw_rewards"] == [2.5, 2.5]
     clipped = combine([[3.0, -9.0]], stats[1:], normalize=False, penalty=1.0, clip=2.0)
     assert clipped["rewards"] == [2.0, -2.0]
+    # the default penalty is the documented k = 1: reward = mean - std
+    default = combine([[3.0, 5.0], [2.0, 0.0]], stats, normalize=True, penalty=ServeConfig().ensemble_penalty, clip=0.0)
+    assert default["rewards"] == [1.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------ engine (real model)
@@ -209,9 +212,9 @@ def _reference(model_dir: str, texts_or_chats: list) -> list[float]:
 
 
 def test_engine_matches_automodel_and_batches_requests(exported_tiny_rm):
-    from ray_rm.serve.engine import RewardEngine
+    from ray_rm.serve.scoring_engine import ScoringEngine
 
-    engine = RewardEngine(ServeConfig(model_path=exported_tiny_rm, batch_wait_ms=300))  # all 5 join one wait
+    engine = ScoringEngine(ServeConfig(model_path=exported_tiny_rm, batch_wait_ms=300))  # all 5 join one wait
     prompt = "\n\nHuman: Tell me a long story about a lighthouse keeper and a storm.\n\nAssistant:"
     texts = [prompt + " Once upon a time.", prompt + " No.", "short text", prompt + " Once upon a time."]
     chat = CHAT
@@ -239,9 +242,9 @@ def test_engine_truncate_left_keeps_the_reward_token(exported_tiny_rm):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ray_rm.serve.engine import RewardEngine
+    from ray_rm.serve.scoring_engine import ScoringEngine
 
-    engine = RewardEngine(ServeConfig(model_path=exported_tiny_rm, overlength="truncate_left"))
+    engine = ScoringEngine(ServeConfig(model_path=exported_tiny_rm, overlength="truncate_left"))
     text = "start " + "word " * 1100 + "end"
     out = asyncio.run(engine.score(parse_score_request({"inputs": [{"text": text}]}, 8)))
     engine.close()
@@ -251,6 +254,36 @@ def test_engine_truncate_left_keeps_the_reward_token(exported_tiny_rm):
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0, 0].item()
     assert abs(out["rewards"][0] - expected) <= 1e-4
+
+
+def test_vllm_add_special_tokens_false_is_honoured(tmp_path, tiny_encoder_dir):
+    """An encoder RM's tokenizer adds [CLS]/[SEP]: the two values of vLLM's flag give different sequences, and
+    each is scored exactly as plain transformers scores tokenizer(text, add_special_tokens=<flag>)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.model.build import build_reward_model
+    from ray_rm.model.export import export_hf
+    from ray_rm.serve import vllm_api
+    from ray_rm.serve.scoring_engine import ScoringEngine
+
+    path = export_hf(build_reward_model(ModelConfig(name_or_path=tiny_encoder_dir), seed=3), tiny_encoder_dir,
+                     tmp_path / "hf", {"chat_template": "auto", "max_length": 256})
+    engine = ScoringEngine(ServeConfig(model_path=str(path)))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    text = "is the sky blue? yes, on a clear day."
+    got, expected = {}, {}
+    for special in (True, False):
+        call = vllm_api.parse_classify({"input": text, "add_special_tokens": special, "use_activation": False}, 4)
+        got[special] = asyncio.run(engine.score(call.request))["rewards"][0]
+        with torch.no_grad():
+            ids = tok(text, add_special_tokens=special)["input_ids"]
+            expected[special] = model(torch.tensor([ids])).logits[0, 0].item()
+    engine.close()
+    assert abs(expected[True] - expected[False]) > 1e-3  # the flag changes what is scored
+    assert all(abs(got[s] - expected[s]) < 1e-4 for s in (True, False)), (got, expected)
 
 
 # ------------------------------------------------------------------------------------------ config + app
@@ -275,7 +308,8 @@ def test_token_from_env(monkeypatch):
 
 def test_deployment_options_come_from_config(exported_tiny_rm):
     from ray_rm.errors import UserError
-    from ray_rm.serve.app import deployment_options, validate
+    from ray_rm.serve.app import deployment_options
+    from ray_rm.validation import validate
 
     fixed = deployment_options(ServeConfig(model_path=exported_tiny_rm, num_replicas=3, num_gpus=1,
                                            max_ongoing_requests=7, max_queued_requests=9, retry_after_s=2))
@@ -307,12 +341,21 @@ def test_cluster_serve_config_is_a_valid_serve_deploy_file(exported_tiny_rm):
     assert app["import_path"] == "ray_rm.serve.app:app_builder"
     args = json.loads(json.dumps(app["args"]))
     args["serve"]["model_path"] = exported_tiny_rm
-    assert app_builder(args) is not None  # the args are valid ServeConfig keys
-    from ray_rm.config import ConfigError
+    from ray import serve
 
+    from ray_rm.config import ConfigError, from_dict
+    from ray_rm.serve.app import deployment_options
+
+    assert isinstance(app_builder(args), serve.Application)  # the args are valid ServeConfig keys, and pass validation
+    cfg = from_dict(ServeConfig, args["serve"], "serve.")
+    assert {k: getattr(cfg, k) for k in args["serve"]} == args["serve"]  # every key in the file reaches the config
+    opts = deployment_options(cfg)  # max_replicas > num_replicas in the file: autoscaling, no fixed replica count
+    assert opts["autoscaling_config"] == {"min_replicas": args["serve"]["num_replicas"],
+                                          "max_replicas": args["serve"]["max_replicas"],
+                                          "target_ongoing_requests": args["serve"]["target_ongoing_requests"]}
+    assert "num_replicas" not in opts and opts["ray_actor_options"]["num_gpus"] == args["serve"]["num_gpus"]
     with pytest.raises(ConfigError, match="serve.model_pth"):
         app_builder({"serve": {"model_pth": "x"}})
-    assert math.isfinite(ServeConfig().ensemble_penalty)
 
 
 def test_wait_until_healthy_stops_when_the_server_process_is_gone_or_never_answers():

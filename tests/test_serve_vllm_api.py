@@ -30,6 +30,8 @@ def test_classify_input_forms_become_items_scored_as_given():
     assert both.request.items == (Item(input_ids=(5, 6)), Item("", "x"))
     chat = V.parse_classify({"messages": [{"role": "user", "content": "hi"}]}, max_items=8)
     assert chat.request.items == (Item((), (("user", "hi"),)),)
+    bare = V.parse_classify({"input": ["a", [5]], "add_special_tokens": False}, max_items=8)  # newer verl sends it
+    assert bare.request.items == (Item("", "a", add_special_tokens=False), Item(input_ids=(5,)))
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -55,7 +57,7 @@ def test_activation_flags_follow_vllm(flags, expected):
     ({"input": "x", "use_activation": "no"}, 422, "'use_activation' must be true or false"),
     ({"input": "x", "temperature": 1}, 422, "unknown field"),
     ({"input": "x", "model": 3}, 422, "'model' must be a string"),
-    ({"input": "x", "add_special_tokens": False}, 422, "add_special_tokens"),
+    ({"input": "x", "add_special_tokens": "no"}, 422, "'add_special_tokens' must be true or false"),
     ({"input": "x", "truncate_prompt_tokens": 5}, 422, "truncate_prompt_tokens"),
 ])
 def test_bad_classify_bodies_are_4xx_naming_the_field(body, status, fragment):

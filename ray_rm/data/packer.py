@@ -1,12 +1,12 @@
-"""The packer: tokenized groups (pairs, k-way rankings, or single sequences) -> token-budget rows.
+"""The packer: tokenized groups (pairs, k-way rankings, or single sequences) -> token-budget ``PackedRow``s.
 
-Pure Python, independent of Ray and torch, so training, serving and relabeling pack the same way.
+What this module is for: the packing algorithm, shared by training, serving and relabeling so that all
+three pack the same way. What it must not do: define the row itself (``ray_rm/packed.py`` is the
+contract between data and model), tokenize, or import Ray, DeepSpeed or torch.
 
-A row concatenates whole groups; a group is never split. Within a group, either every sequence is
-laid out whole (position ids restart at 0 per sequence) or, with ``share_prompt``, the group's common
-token prefix is laid out once followed by each sequence's own suffix, whose position ids continue
-from the prefix: ``[prompt | chosen-suffix | rejected-suffix]``. Attention is described by
-``attention_blocks``: causal blocks of queries that may also see one fully visible prefix span.
+A row concatenates whole groups; a group is never split. ``append_group`` lays one group out: every
+sequence whole, or with ``share_prompt`` the group's common token prefix once followed by each
+sequence's own suffix (see ``ray_rm/packed.py``).
 
 Groups are placed by best-fit-decreasing within a bounded look-ahead window (the stream is still
 consumed in order, window by window); a few least-filled rows stay open across windows.
@@ -14,110 +14,43 @@ consumed in order, window by window); a few least-filled rows stay open across w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 from ray_rm.data.tokenize import TokenizedGroup
+from ray_rm.packed import PackedRow
 
 
-@dataclass
-class PackedRow:
-    input_ids: list = field(default_factory=list)
-    position_ids: list = field(default_factory=list)
-    seq_lens: list = field(default_factory=list)  # tokens laid out for each sequence (suffix when prefix-shared)
-    seq_full_lens: list = field(default_factory=list)  # the sequence's own length incl. a shared prefix
-    reward_index: list = field(default_factory=list)  # row position of each sequence's reward (last) token
-    seq_group: list = field(default_factory=list)  # group (within this row) of each sequence
-    seq_ranks: list = field(default_factory=list)  # 0 = best within its group; equal = tie
-    seq_scores: list = field(default_factory=list)  # given scores (NaN when none)
-    group_ids: list = field(default_factory=list)  # example ids: the pair ids
-    group_sizes: list = field(default_factory=list)
-    group_prefix_lens: list = field(default_factory=list)  # shared prefix laid out once (0 = not shared)
-    group_common_lens: list = field(default_factory=list)  # common token prefix of the group's sequences
-    group_margins: list = field(default_factory=list)  # NaN when none
-    group_subsets: list = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.input_ids)
-
-    def to_record(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, rec: dict) -> "PackedRow":
-        return cls(**{k: list(rec[k]) for k in cls.__dataclass_fields__})
-
-    def add_group(self, group: TokenizedGroup, share_prompt: bool) -> None:
-        g = len(self.group_ids)
-        k = len(group.sequences)
-        # A group built without scores (the TokenizedGroup default) must not zip its sequences away.
-        scores = list(group.scores) if group.scores else [math.nan] * k
-        if not len(group.ranks) == len(scores) == k:
-            raise ValueError(f"group {group.example_id}: {k} sequences but {len(group.ranks)} ranks "
-                             f"and {len(scores)} scores")
-        prefix = group.shared_len if share_prompt and k > 1 else 0
-        start = len(self.input_ids)
-        if prefix:
-            self.input_ids.extend(group.sequences[0][:prefix])
-            self.position_ids.extend(range(prefix))
-        for seq, rank, score in zip(group.sequences, group.ranks, scores):
-            own = seq[prefix:]
-            self.input_ids.extend(own)
-            self.position_ids.extend(range(prefix, prefix + len(own)))
-            self.seq_lens.append(len(own))
-            self.seq_full_lens.append(len(seq))
-            self.reward_index.append(len(self.input_ids) - 1)
-            self.seq_group.append(g)
-            self.seq_ranks.append(int(rank))
-            self.seq_scores.append(float(score))
-        assert len(self.input_ids) - start == group.num_tokens(share_prompt)
-        self.group_ids.append(group.example_id)
-        self.group_sizes.append(len(group.sequences))
-        self.group_prefix_lens.append(prefix)
-        self.group_common_lens.append(group.shared_len)
-        self.group_margins.append(float(group.margin))
-        self.group_subsets.append(group.subset)
-
-
-@dataclass(frozen=True)
-class AttentionBlock:
-    """Queries [start, start+length) attend causally to themselves and fully to [prefix_start, +prefix_len)."""
-
-    start: int
-    length: int
-    prefix_start: int = 0
-    prefix_len: int = 0
-
-
-def attention_blocks(row: PackedRow) -> list[AttentionBlock]:
-    blocks = []
-    pos, seq = 0, 0
-    for size, prefix in zip(row.group_sizes, row.group_prefix_lens):
-        prefix_start = pos
-        if prefix:
-            blocks.append(AttentionBlock(pos, prefix))
-            pos += prefix
-        for _ in range(size):
-            n = row.seq_lens[seq]
-            blocks.append(AttentionBlock(pos, n, prefix_start if prefix else 0, prefix))
-            pos += n
-            seq += 1
-    return blocks
-
-
-def unpack_sequences(row: PackedRow) -> list[list[int]]:
-    """Reconstruct every sequence's full token list (prefix + own tokens) from a packed row."""
-    out, pos, seq = [], 0, 0
-    for size, prefix in zip(row.group_sizes, row.group_prefix_lens):
-        prefix_ids = row.input_ids[pos:pos + prefix]
-        pos += prefix
-        for _ in range(size):
-            n = row.seq_lens[seq]
-            out.append(prefix_ids + row.input_ids[pos:pos + n])
-            pos += n
-            seq += 1
-    return out
+def append_group(row: PackedRow, group: TokenizedGroup, share_prompt: bool) -> None:
+    """Lay ``group`` out at the end of ``row`` (whole sequences, or its common prefix once + each suffix)."""
+    g = len(row.group_ids)
+    k = len(group.sequences)
+    # A group built without scores (the TokenizedGroup default) must not zip its sequences away.
+    scores = list(group.scores) if group.scores else [math.nan] * k
+    if not len(group.ranks) == len(scores) == k:
+        raise ValueError(f"group {group.example_id}: {k} sequences but {len(group.ranks)} ranks "
+                         f"and {len(scores)} scores")
+    prefix = group.shared_len if share_prompt and k > 1 else 0
+    start = len(row.input_ids)
+    if prefix:
+        row.input_ids.extend(group.sequences[0][:prefix])
+        row.position_ids.extend(range(prefix))
+    for seq, rank, score in zip(group.sequences, group.ranks, scores):
+        own = seq[prefix:]
+        row.input_ids.extend(own)
+        row.position_ids.extend(range(prefix, prefix + len(own)))
+        row.seq_laid_out_lens.append(len(own))
+        row.seq_full_lens.append(len(seq))
+        row.reward_index.append(len(row.input_ids) - 1)
+        row.seq_group.append(g)
+        row.seq_ranks.append(int(rank))
+        row.seq_scores.append(float(score))
+    assert len(row.input_ids) - start == group.num_tokens(share_prompt)
+    row.group_ids.append(group.example_id)
+    row.group_sizes.append(k)
+    row.group_prefix_lens.append(prefix)
+    row.group_common_lens.append(group.shared_len)
+    row.group_margins.append(float(group.margin))
+    row.group_subsets.append(group.subset)
 
 
 class _Bin:
@@ -180,7 +113,7 @@ class GroupPacker:
     def _row(self, b: _Bin) -> PackedRow:
         row = PackedRow()
         for group in b.groups:
-            row.add_group(group, self.share_prompt)
+            append_group(row, group, self.share_prompt)
         return row
 
 

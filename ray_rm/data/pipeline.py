@@ -1,5 +1,7 @@
 """The Ray Data graph: read tasks -> (normalize, filter, tokenize, pack) on an actor pool -> packed rows.
 
+It must not hold the per-task logic (``prepare.py``), the packing algorithm (``packer.py``) or config rules.
+
 Each read task (a row range of one source) is prepared and packed by one actor call, so the result
 is a deterministic function of (data, config, seed): task order is shuffled on the driver with the
 seed, rows are shuffled within a task, and ``preserve_order`` keeps the stream in that order.
@@ -16,23 +18,16 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from ray_rm.config_schema import DataConfig
-from ray_rm.data.packer import PackedRow, pack_groups
-from ray_rm.data.prepare import check_pack_budget, process_task, resolve_max_length
+from ray_rm.data.packer import pack_groups
+from ray_rm.data.prepare import process_task, resolve_max_length
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError
+from ray_rm.packed import PackedRow, packed_row_fields, packed_row_schema
 
-_INT_LISTS = ("input_ids", "position_ids", "seq_lens", "seq_full_lens", "reward_index", "seq_group", "seq_ranks",
-              "group_sizes", "group_prefix_lens", "group_common_lens")
-_FLOAT_LISTS = ("seq_scores", "group_margins")
-_STR_LISTS = ("group_ids", "group_subsets")
-
-ROW_SCHEMA = pa.schema(
-    [(k, pa.list_(pa.int32())) for k in _INT_LISTS]
-    + [(k, pa.list_(pa.float64())) for k in _FLOAT_LISTS]
-    + [(k, pa.list_(pa.string())) for k in _STR_LISTS]
-    + [("kind", pa.string()), ("report_json", pa.string()), ("task_index", pa.int64()), ("row_in_task", pa.int64())]
-)
+_STREAM_COLUMNS = [("kind", pa.string()), ("report_json", pa.string()), ("task_index", pa.int64()),
+                   ("row_in_task", pa.int64())]
+ROW_SCHEMA = packed_row_schema(_STREAM_COLUMNS)  # packed rows' own columns come from ray_rm/packed.py
 
 
 @dataclass(frozen=True)
@@ -45,26 +40,24 @@ class PackSettings:
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
+    """One task's packed rows plus its report row, as one Arrow table of ``ROW_SCHEMA``."""
+    row_fields = [name for name, _ in packed_row_fields()]
     cols: dict = {k: [] for k in ROW_SCHEMA.names}
     for i, row in enumerate(rows):
         rec = row.to_record()
-        for k in _INT_LISTS + _FLOAT_LISTS + _STR_LISTS:
+        for k in row_fields:
             cols[k].append(rec[k])
         cols["kind"].append("packed")
         cols["report_json"].append("")
         cols["task_index"].append(task_index)
         cols["row_in_task"].append(i)
-    for k in _INT_LISTS + _FLOAT_LISTS + _STR_LISTS:
+    for k in row_fields:
         cols[k].append([])
     cols["kind"].append("report")
     cols["report_json"].append(json.dumps(report.to_dict()))
     cols["task_index"].append(task_index)
     cols["row_in_task"].append(len(rows))
     return pa.table(cols, schema=ROW_SCHEMA)
-
-
-def row_from_record(rec: dict) -> PackedRow:
-    return PackedRow.from_record(rec)
 
 
 def make_encoder(tokenizer_path: str, data_cfg: DataConfig):
@@ -113,7 +106,6 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    check_pack_budget(data_cfg)
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
@@ -128,7 +120,6 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
 
 def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> tuple[list[PackedRow], DropReport]:
     """What the pipeline yields, computed without Ray (the reference in tests and for small tools)."""
-    check_pack_budget(data_cfg)
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     encoder = make_encoder(settings.tokenizer_path, data_cfg)
     rows, report = [], DropReport()
@@ -182,6 +173,6 @@ def materialize(files: list[str], data_cfg: DataConfig, settings: PackSettings) 
     for r in reports:
         report.merge(DropReport.from_dict(json.loads(r["report_json"])))
     packed = ds.filter(expr=col("kind") == "packed").materialize()
-    sizes = packed.select_columns(["group_sizes", "seq_lens", "group_prefix_lens"]).take_all()
-    num_tokens = sum(sum(r["seq_lens"]) + sum(r["group_prefix_lens"]) for r in sizes)
+    sizes = packed.select_columns(["group_sizes", "seq_laid_out_lens", "group_prefix_lens"]).take_all()
+    num_tokens = sum(sum(r["seq_laid_out_lens"]) + sum(r["group_prefix_lens"]) for r in sizes)
     return PreparedData(packed, report, len(sizes), sum(len(r["group_sizes"]) for r in sizes), num_tokens)

@@ -1,5 +1,7 @@
 """One read task end to end, without Ray: read -> normalize -> quality filter -> tokenize -> budget check.
 
+It must not import Ray or torch, and must not pack (``packer.py``) or validate config (``ray_rm/validation.py``).
+
 The Ray Data pipeline runs this per task on an actor pool; tools and tests call it directly. It
 returns the kept groups and a ``DropReport`` in which every row read is either kept or counted.
 """
@@ -9,25 +11,12 @@ import random
 from dataclasses import replace
 from typing import Callable, Iterator
 
-from ray_rm.config import ConfigError
 from ray_rm.config_schema import DataConfig
 from ray_rm.data.formats import PreferenceExample, normalize_row
 from ray_rm.data.quality import DropReport, quality_drop
 from ray_rm.data.sources import ReadTask, read_task_rows
 from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examples
 from ray_rm.errors import DataError
-
-
-# Settings whose value is one of a few words: a typo must not silently select the other branch.
-CHOICES = {"on_error": ("drop", "raise"), "overlength": ("drop", "truncate_left"),
-           "chat_template": ("auto", "always", "never")}
-
-
-def check_choices(cfg: DataConfig) -> None:
-    for key, allowed in CHOICES.items():
-        value = getattr(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"config key 'data.{key}' must be one of {' | '.join(allowed)}, got {value!r}")
 
 
 def auto_max_length(pack_tokens: int, context: int | None) -> int:
@@ -65,19 +54,6 @@ def resolve_max_length(data_cfg: DataConfig, model_path: str) -> DataConfig:
     return replace(data_cfg, max_length=auto_max_length(data_cfg.pack_tokens, model_context_length(model_path)))
 
 
-def check_pack_budget(cfg: DataConfig) -> None:
-    """Settings checks that need no model; ``max_length`` 0 (auto) is resolved later, in one place
-    (``resolve_max_length``)."""
-    check_choices(cfg)
-    if cfg.max_length < 0:
-        raise ConfigError(f"config key 'data.max_length' must be positive, or 0 for auto, got {cfg.max_length}")
-    if cfg.pack_tokens < 2:
-        raise ConfigError(f"config key 'data.pack_tokens' must be at least 2, got {cfg.pack_tokens}")
-    if cfg.max_length and cfg.pack_tokens < 2 * cfg.max_length:
-        raise DataError(f"data.pack_tokens ({cfg.pack_tokens}) must be at least 2 x data.max_length "
-                        f"({cfg.max_length}) so that any pair fits in one packed row")
-
-
 def drop_or_raise(report: DropReport, exc: DataError, on_error: str) -> None:
     """Strict mode re-raises a malformed row's error; lenient mode counts it as ``invalid:<field>``."""
     if on_error == "raise":
@@ -104,7 +80,6 @@ def read_examples(task: ReadTask, report: DropReport, on_error: str,
 
 def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
                  seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
-    check_choices(cfg)
     cfg = resolve_max_length(cfg, encoder.tokenizer.name_or_path)  # a no-op when the driver resolved it
     report = DropReport()
     examples = []

@@ -1,5 +1,7 @@
 """What a data set looks like to the reward model, before anyone spends a GPU hour on it.
 
+It must not start Ray or load a model, and must not re-implement the training data path (it calls it).
+
 ``data_stats`` runs the training data path without Ray (plan read tasks -> ``process_task`` -> pack
 each task's groups, exactly like ``direct_packed_rows``) and reports:
   * rows read / kept / dropped by reason (the ``DropReport``);
@@ -20,7 +22,7 @@ import numpy as np
 from ray_rm.config_schema import DataConfig, section
 from ray_rm.data.packer import fill_fraction, pack_groups, padded_fraction
 from ray_rm.data.pipeline import ordered_tasks
-from ray_rm.data.prepare import check_pack_budget, process_task
+from ray_rm.data.prepare import process_task
 from ray_rm.data.quality import DropReport
 
 PAIRS_PER_PADDED_BATCH = 8
@@ -44,7 +46,6 @@ def _finite_or_none(x: float):
 def data_stats(files: list[str], data_cfg: DataConfig, encoder, *, share_prompt: bool | None = None,
                seed: int | None = None, pairs_per_batch: int = PAIRS_PER_PADDED_BATCH) -> dict:
     """Figures for ``files`` tokenized by ``encoder`` (a ``SequenceEncoder``); JSON-safe (None for no data)."""
-    check_pack_budget(data_cfg)
     share = data_cfg.share_prompt if share_prompt is None else share_prompt
     report, groups, rows = DropReport(), [], []
     for task in ordered_tasks(files, data_cfg, seed):

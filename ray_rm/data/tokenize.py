@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from ray_rm.data.formats import PreferenceExample, messages_to_dicts
+from ray_rm.prefix import common_prefix_len
 
 
 @dataclass
@@ -38,16 +39,6 @@ class TokenizedGroup:
         return total
 
 
-def common_prefix_len(sequences: list) -> int:
-    """Length of the longest common token prefix, capped so every sequence keeps one token of its own."""
-    shortest = min(len(s) for s in sequences)
-    n = 0
-    first = sequences[0]
-    while n < shortest - 1 and all(s[n] == first[n] for s in sequences[1:]):
-        n += 1
-    return n
-
-
 def _render_plain(messages: tuple) -> str:
     """Fallback for tokenizers without a chat template: 'Role: content' lines."""
     return "\n".join(f"{role.capitalize()}: {content}" for role, content in messages)
@@ -61,8 +52,6 @@ class SequenceEncoder:
     """
 
     def __init__(self, tokenizer, *, chat_template: str = "auto", legacy_append_eos: bool = False):
-        if chat_template not in ("auto", "always", "never"):
-            raise ValueError(f"chat_template must be auto, always or never, got {chat_template!r}")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.legacy_append_eos = legacy_append_eos
@@ -131,6 +120,6 @@ def tokenize_examples(encoder: SequenceEncoder, examples: list[PreferenceExample
             continue
         scores = [math.nan] * len(seqs) if ex.scores is None else [float(s) for s in ex.scores]
         out.append(TokenizedGroup(
-            example_id=ex.example_id, sequences=seqs, ranks=list(ex.ranks), shared_len=common_prefix_len(seqs),
+            example_id=ex.example_id, sequences=seqs, ranks=list(ex.ranks), shared_len=common_prefix_len(seqs, keep_own=1),
             margin=math.nan if ex.margin is None else float(ex.margin), scores=scores, subset=ex.subset or ""))
     return out

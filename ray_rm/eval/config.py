@@ -1,5 +1,7 @@
 """Settings of the eval job (``jobs/eval_rm.py``): the ``eval`` section and the job root.
 
+Declarations only: it must not hold cross-field rules (``ray_rm/validation.py``).
+
 Input files, row limits and the malformed-row policy come from the shared ``data`` section
 (``data.eval_files``, ``data.limit``, ``data.rows_per_read_task``, ``data.on_error``); tokenization
 rules come from the checkpoint itself, exactly as serving and relabeling read them.
@@ -18,7 +20,7 @@ class EvalConfig(ScoringOptions):
     write_scores: bool = opt(True, "write every example's rewards to output_dir/scores.parquet")
     overlength: str = opt("truncate_left", "sequences over the checkpoint's max_length: truncate_left (keep the "
                                            "end, where the reward is read; every pair is scored and the cut ones "
-                                           "counted in the report) | drop (counted)")
+                                           "counted in the report) | drop (counted)", ("truncate_left", "drop"))
 
 
 @dataclass

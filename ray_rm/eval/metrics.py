@@ -1,5 +1,7 @@
 """Reward-model metrics as pure numpy functions of rewards: testable in milliseconds, no model needed.
 
+It must not run a model, import Ray or torch, or read files.
+
 Conventions (stated once, used everywhere):
   * a *pair* is (better, worse) by the gold labels; its margin is d = r_better - r_worse. A k-way row
     contributes every pair whose gold ranks differ, so pairs and rankings share one set of metrics;
@@ -56,14 +58,16 @@ class ScoredExample:
 
 
 @dataclass
-class Pairs:
+class ScoredPairs:
+    """Every gold-ordered (better, worse) pair of the scored examples, as arrays (the unit of the pair metrics)."""
+
     margin: np.ndarray  # r_better - r_worse
     len_better: np.ndarray
     len_worse: np.ndarray
     subset: np.ndarray  # object array of str | None
 
 
-def to_pairs(examples: list[ScoredExample]) -> Pairs:
+def to_pairs(examples: list[ScoredExample]) -> ScoredPairs:
     d, lb, lw, sub = [], [], [], []
     for ex in examples:
         k = len(ex.rewards)
@@ -74,7 +78,7 @@ def to_pairs(examples: list[ScoredExample]) -> Pairs:
                     lb.append(ex.lengths[i])
                     lw.append(ex.lengths[j])
                     sub.append(ex.subset)
-    return Pairs(np.asarray(d, dtype=np.float64), np.asarray(lb, dtype=np.float64),
+    return ScoredPairs(np.asarray(d, dtype=np.float64), np.asarray(lb, dtype=np.float64),
                  np.asarray(lw, dtype=np.float64), np.asarray(sub, dtype=object))
 
 
@@ -158,7 +162,7 @@ def ranking_metrics(examples: list[ScoredExample]) -> dict | None:
             "undefined_tau_rows": int(sum(math.isnan(t) for t in taus)), "top1_accuracy": float(np.mean(top1))}
 
 
-def length_buckets(pairs: Pairs, num_buckets: int = 4) -> list[dict]:
+def length_buckets(pairs: ScoredPairs, num_buckets: int = 4) -> list[dict]:
     """Accuracy by quantile bucket of pair length (mean tokens of the two sequences)."""
     if pairs.margin.size == 0:
         return []
@@ -174,7 +178,7 @@ def length_buckets(pairs: Pairs, num_buckets: int = 4) -> list[dict]:
     return out
 
 
-def length_bias(pairs: Pairs) -> dict:
+def length_bias(pairs: ScoredPairs) -> dict:
     """Does the RM prefer longer responses? Rates over pairs whose two sequences differ in length."""
     d, lb, lw = pairs.margin, pairs.len_better, pairs.len_worse
     unequal = lb != lw
@@ -188,7 +192,7 @@ def length_bias(pairs: Pairs) -> dict:
             "accuracy_chosen_shorter": mean(d > 0, chosen_shorter)}
 
 
-def rewardbench_sections(pairs: Pairs) -> dict | None:
+def rewardbench_sections(pairs: ScoredPairs) -> dict | None:
     """Per-subset accuracy and RewardBench v1 section scores; None when no row carries a non-v2 ``subset``.
 
     Known subsets weigh by RewardBench's example counts; unknown ones form an ``Other`` section weighted

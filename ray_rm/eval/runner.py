@@ -1,5 +1,7 @@
 """Driver of the eval job: score preference rows on a Ray Data actor pool, then compute and report metrics.
 
+It must not compute metrics itself (``metrics.py``) or score outside ``ray_rm.scoring``.
+
 Actors return one small row per read task (every example's rewards, gold ranks, token lengths and the
 task's drop report); the driver gathers them, so metrics need no second pass over the data.
 """
@@ -20,8 +22,10 @@ from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
 from ray_rm.eval.rewardbench2 import rewardbench2_scores
-from ray_rm.relabel.score import Scored, make_scorer, score_examples
-from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.examples import ResponseScores, score_examples
+from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.scorer import make_scorer
+from ray_rm.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True) -> 
         examples.append(ex)
     out = []
     for ex, s in zip(examples, score_examples(scorer, examples, truncate=truncate)):
-        if isinstance(s, Scored):
+        if isinstance(s, ResponseScores):
             out.append(ScoredExample(ex.example_id, s.scores, list(ex.ranks), s.lengths, ex.subset, ex.row_id,
                                      s.truncated))
         else:
@@ -104,15 +108,8 @@ def write_scores(path: Path, examples: list[ScoredExample]) -> None:
 
 def run_eval(job: EvalJobConfig) -> dict:
     """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
+    validate(job)
     cfg = job.eval
-    if not cfg.model_path:
-        raise UserError("eval.model_path is required (an exported ray_rm checkpoint or HF RM folder)")
-    if cfg.num_bins < 1 or cfg.length_buckets < 1:
-        raise UserError("eval.num_bins and eval.length_buckets must be positive")
-    if job.data.on_error not in ("drop", "raise"):
-        raise UserError(f"data.on_error must be drop or raise, got '{job.data.on_error}'")
-    if cfg.overlength not in ("truncate_left", "drop"):
-        raise UserError(f"eval.overlength must be truncate_left or drop, got '{cfg.overlength}'")
     start = time.perf_counter()
     examples, drops = score_dataset(job)
     if not examples:

@@ -1,6 +1,6 @@
 """Variable-length attention over packed rows, registered with transformers' ``AttentionInterface``.
 
-A packed row is a list of ``AttentionBlock``s (see ``ray_rm.data.packer``): each block's queries
+A packed row is a list of ``AttentionBlock``s (see ``ray_rm.packed``): each block's queries
 attend causally to themselves and, for prompt-shared suffixes, fully to their group's prompt span.
 Attention cost then grows with each block's length instead of the whole row's (GUIDE §2 measures the
 whole-row masked form losing 26-45% of throughput on CPU).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ray_rm.data.packer import AttentionBlock
+from ray_rm.packed import AttentionBlock
 from ray_rm.model.attn_backends import REGISTRY, flash_available, select  # noqa: F401 (re-exported)
 from ray_rm.model.attn_blocks import LayerOptions
 
@@ -100,7 +100,9 @@ def ray_rm_attention_forward(module, query, key, value, attention_mask, scaling=
                              sliding_window=None, softcap=None, s_aux=None, **kwargs):
     """The function transformers calls per layer; returns ``[1, T, H, D]`` like its own backends."""
     plan: AttentionPlan | None = kwargs.pop("ray_rm_plan", None)
-    if plan is None:  # called outside ray_rm (plain, unpacked input): behave exactly like transformers' SDPA
+    if plan is None:  # called outside ray_rm (plain, unpacked input): transformers' SDPA kernel. transformers
+        # builds no mask for a custom attention name, so this is causal attention over the whole input: right
+        # for unpadded or right-padded sequences (pads come after every real token), wrong for left padding.
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ray_rm.data.packer import AttentionBlock, PackedRow, attention_blocks
+from ray_rm.packed import AttentionBlock, PackedRow, attention_blocks
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ModelBatch:
     reward_index: torch.Tensor  # [N] row position of each sequence's reward token
     seq_start: torch.Tensor  # [N] row position of each sequence's first token laid out in the row
     own_start: torch.Tensor  # [N] row position of the first token after the group's common prefix
-    seq_lens: torch.Tensor  # [N] tokens laid out per sequence
+    seq_laid_out_lens: torch.Tensor  # [N] tokens laid out per sequence (its suffix when the prefix is shared)
     seq_full_lens: torch.Tensor  # [N]
     seq_group: torch.Tensor  # [N]
     seq_ranks: torch.Tensor  # [N]
@@ -83,7 +83,7 @@ def collate_row(row: PackedRow, pad_to_multiple: int = 1, pad_token_id: int = 0)
         for _ in range(size):
             seq_start.append(pos)
             own_start.append(pos if prefix else pos + common)
-            pos += row.seq_lens[seq]
+            pos += row.seq_laid_out_lens[seq]
             seq += 1
     long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     better, worse, margin = ranked_pairs(row.seq_ranks, row.seq_scores, row.group_sizes, row.group_margins)
@@ -92,7 +92,8 @@ def collate_row(row: PackedRow, pad_to_multiple: int = 1, pad_token_id: int = 0)
     return ModelBatch(
         input_ids=long(input_ids)[None], position_ids=long(position_ids)[None], blocks=blocks,
         reward_index=long(row.reward_index), seq_start=long(seq_start), own_start=long(own_start),
-        seq_lens=long(row.seq_lens), seq_full_lens=long(row.seq_full_lens), seq_group=long(row.seq_group),
+        seq_laid_out_lens=long(row.seq_laid_out_lens), seq_full_lens=long(row.seq_full_lens),
+        seq_group=long(row.seq_group),
         seq_ranks=long(row.seq_ranks), seq_scores=torch.tensor(row.seq_scores, dtype=torch.float32),
         group_sizes=long(row.group_sizes), group_common_lens=long(row.group_common_lens),
         group_margins=torch.tensor(row.group_margins, dtype=torch.float32), group_ids=list(row.group_ids),

@@ -1,5 +1,8 @@
 """Build a ``RewardModel`` for training (from a base LM) or inference (from an exported RM checkpoint).
 
+It must not hold head semantics (``heads.py``), the attention kernels (``attention*.py``) or config rules
+(``ray_rm/validation.py``).
+
 Both paths load ``AutoModelForSequenceClassification(num_labels=1)`` and split it into backbone and
 head, so training, export and any consumer agree on the architecture. LoRA wraps only the backbone:
 the value head stays a plain, fully trained module that is always part of the state dict.
@@ -16,6 +19,7 @@ from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.errors import UserError
 from ray_rm.model import attention
 from ray_rm.model.attn_backends import model_needs
+from ray_rm.model.heads import HeadKind, get_head
 from ray_rm.model.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
@@ -25,10 +29,9 @@ HEAD_NAMES = ("score", "classifier")
 
 
 def detect_kind(hf_config, requested: str = "auto") -> str:
+    """``decoder`` or ``encoder``: as requested, or (``auto``) from the model type."""
     if requested in ("decoder", "encoder"):
         return requested
-    if requested != "auto":
-        raise UserError(f"model.kind must be auto, decoder or encoder, got '{requested}'")
     return "encoder" if hf_config.model_type in ENCODER_TYPES else "decoder"
 
 
@@ -36,6 +39,7 @@ ATTN_ALIASES = {"auto": "auto", "varlen": "auto", "flash_attention_2": "flash_at
 
 
 def attn_choices() -> tuple:
+    """Every ``attn_implementation`` value: aliases, the backend registry's names, transformers' dense ones."""
     return (*ATTN_ALIASES, *attention.REGISTRY, "sdpa", "eager")
 
 
@@ -49,8 +53,6 @@ def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = N
     if requested in ("sdpa", "eager"):
         return requested, "dense"
     name = ATTN_ALIASES.get(requested, requested)
-    if name != "auto" and name not in attention.REGISTRY:
-        raise UserError(f"model.attn_implementation must be one of {', '.join(attn_choices())}, got '{requested}'")
     backend, notes = attention.select(name, device_type, dtype, needs)
     if backend is None:
         hint = " (pip install flash-attn builds it from source)" if name == "flash_attn" else ""
@@ -68,10 +70,7 @@ def resolve_dtype(requested: str, device_type: str) -> torch.dtype:
         if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
-    except KeyError:
-        raise UserError(f"model.dtype must be auto, float32, bfloat16 or float16, got '{requested}'") from None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
 
 
 def _disable_dropout(hf_config) -> None:
@@ -80,17 +79,18 @@ def _disable_dropout(hf_config) -> None:
             setattr(hf_config, name, 0.0)
 
 
-def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str) -> RewardModel:
+def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str, head_kind: HeadKind) -> RewardModel:
     head_name = next((n for n in HEAD_NAMES if isinstance(getattr(clf, n, None), torch.nn.Linear)), None)
     if head_name is None:
         raise UserError(f"{type(clf).__name__} has no linear 'score' or 'classifier' head; unsupported backbone")
     base_prefix = clf.base_model_prefix
     return RewardModel(getattr(clf, base_prefix), getattr(clf, head_name), kind=kind, pooling=pooling,
                        attn_implementation=attn_impl, attn_backend=backend, head_name=head_name,
-                       base_prefix=base_prefix)
+                       base_prefix=base_prefix, head_kind=head_kind)
 
 
-def _pooling(kind: str, requested: str) -> str:
+def resolve_pooling(kind: str, requested: str) -> str:
+    """The pooling a model kind uses: ``auto`` -> last (decoder) / cls (encoder); others must suit the kind."""
     if requested == "auto":
         return "last" if kind == "decoder" else "cls"
     allowed = ("last",) if kind == "decoder" else ("cls", "mean")
@@ -109,19 +109,20 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
     path = resolve_model_path(cfg.name_or_path)
     hf_config = AutoConfig.from_pretrained(path)
     kind = detect_kind(hf_config, cfg.kind)
-    pooling = _pooling(kind, cfg.pooling)
+    pooling = resolve_pooling(kind, cfg.pooling)
     dtype = resolve_dtype(cfg.dtype, device.type)
     attn_impl, backend = resolve_attn(cfg.attn_implementation, device.type, dtype,
                                       model_needs(hf_config, training_dropout=cfg.keep_dropout))
     attention.register()
-    hf_config.num_labels = 1
+    head_kind = get_head(cfg.head)
+    hf_config.num_labels = head_kind.width(cfg, hf_config)
     if not cfg.keep_dropout:
         _disable_dropout(hf_config)
     kwargs = {"config": hf_config, "dtype": dtype, "attn_implementation": attn_impl}
     if lora.quantize_4bit:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    model = _split(clf, kind, pooling, attn_impl, backend)
+    model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
     head = model.head
     torch.manual_seed(seed)
     std = cfg.head_init_std or 1.0 / math.sqrt(hf_config.hidden_size + 1)
@@ -134,9 +135,6 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.r > 0:
         model.backbone = _wrap_lora(model.backbone, lora, cfg.gradient_checkpointing)
-    elif lora.quantize_4bit:
-        raise UserError("train.lora.quantize_4bit (QLoRA) needs train.lora.r > 0: a 4-bit backbone cannot be "
-                        "fully fine-tuned")
     return model.to(device) if not lora.quantize_4bit else model
 
 
@@ -179,15 +177,17 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     device = torch.device(device)
     path = resolve_model_path(path)
     hf_config = AutoConfig.from_pretrained(path)
-    if getattr(hf_config, "num_labels", 1) != 1:
-        raise UserError(f"'{path}' has {hf_config.num_labels} labels; a reward model has exactly one")
     meta = getattr(hf_config, "ray_rm", None) or {}
+    head_kind = get_head(meta.get("head", "scalar"))
+    width = head_kind.width(None, hf_config)
+    if getattr(hf_config, "num_labels", 1) != width:
+        raise UserError(f"'{path}' has {hf_config.num_labels} labels; a {head_kind.name} reward model has {width}")
     kind = meta.get("kind") or detect_kind(hf_config)
-    pooling = meta.get("pooling") or _pooling(kind, "auto")
+    pooling = meta.get("pooling") or resolve_pooling(kind, "auto")
     torch_dtype = resolve_dtype(dtype, device.type)
     attn_impl, backend = resolve_attn(attn_implementation, device.type, torch_dtype, model_needs(hf_config))
     attention.register()
     clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
-    model = _split(clf, kind, pooling, attn_impl, backend)
+    model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
     model.head.float()
     return model.to(device).eval()

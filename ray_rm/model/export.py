@@ -69,7 +69,8 @@ def undeclare_template_only_bos(tokenizer) -> str | None:
 
 def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta: dict) -> Path:
     """Write the checkpoint + tokenizer to ``out_dir``; ``meta`` lands in config.json under ``ray_rm``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
     if model.kind == "encoder" and model.pooling == "mean":
         from ray_rm.errors import UserError
@@ -79,7 +80,8 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     out_dir = Path(out_dir)
     backbone = merged_backbone(model)
     config = backbone.config
-    config.num_labels = 1
+    for key, value in model.head_kind.config_entries(model.head.out_features).items():  # e.g. num_labels
+        setattr(config, key, value)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     meta = {"contract": CONTRACT, **meta}
     if model.kind == "decoder":
@@ -89,12 +91,13 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
         unset = undeclare_template_only_bos(tokenizer)
         if unset:
             meta["bos_token_undeclared"] = unset
-    clf = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa",
-                                                         dtype=next(backbone.parameters()).dtype)
+    auto_class = getattr(transformers, model.head_kind.hf_class)
+    clf = auto_class.from_config(config, attn_implementation="sdpa", dtype=next(backbone.parameters()).dtype)
     getattr(clf, model.base_prefix).load_state_dict(backbone.state_dict())
     head = getattr(clf, model.head_name)
     head.load_state_dict({k: v.to(head.weight.dtype) for k, v in model.head.state_dict().items()})
-    clf.config.ray_rm = {"format_version": FORMAT_VERSION, "kind": model.kind, "pooling": model.pooling, **meta}
+    clf.config.ray_rm = {"format_version": FORMAT_VERSION, "kind": model.kind, "pooling": model.pooling,
+                         "head": model.head_kind.name, **meta}
     clf.config.architectures = [type(clf).__name__]
     out_dir.mkdir(parents=True, exist_ok=True)
     clf.save_pretrained(out_dir)

@@ -1,4 +1,8 @@
-"""The reward model: a Hugging Face backbone plus a scalar value head, run on packed rows.
+"""The reward model: a Hugging Face backbone plus a value head, run on packed rows.
+
+What this module is for: one forward over a packed row (attention plan, pooling, head in fp32). What it
+must not do: know which kind of head it carries beyond its ``HeadKind`` (``heads.py``), compute losses,
+or import Ray or DeepSpeed.
 
 The backbone and head are exactly the parts of ``AutoModelForSequenceClassification`` (``model`` +
 ``score`` for decoders, ``bert`` + pooler + ``classifier`` for encoders), so the export is a plain
@@ -17,11 +21,12 @@ from torch import nn
 
 from ray_rm.model.attention import ATTN_NAME, AttentionPlan, dense_block_mask
 from ray_rm.model.batch import ModelBatch
+from ray_rm.model.heads import SCALAR, HeadKind
 
 
 @dataclass
 class RewardOutput:
-    rewards: torch.Tensor  # [N] float32, one per sequence of the row
+    rewards: torch.Tensor  # float32 head outputs at the head kind's positions ([N], one per sequence, for scalar)
     token_values: torch.Tensor | None = None  # [T] float32 value-head output at every position
 
 
@@ -38,12 +43,15 @@ class FP32Linear(nn.Linear):
 
 
 class RewardModel(nn.Module):
+    """Backbone + linear head; what the head reads and how its output is shaped come from its ``HeadKind``."""
+
     def __init__(self, backbone: nn.Module, head: nn.Linear, *, kind: str, pooling: str, attn_implementation: str,
-                 attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model"):
+                 attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model",
+                 head_kind: HeadKind = SCALAR):
         super().__init__()
         if type(head) is nn.Linear:
             head.__class__ = FP32Linear  # same parameters and state dict, fp32 arithmetic
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.head_kind = backbone, head, head_kind
         self.kind, self.pooling = kind, pooling
         self.attn_implementation, self.attn_backend = attn_implementation, attn_backend
         self.head_name, self.base_prefix = head_name, base_prefix  # where they live in the HF classifier
@@ -69,7 +77,8 @@ class RewardModel(nn.Module):
             mask = None
         else:  # sdpa / eager: the dense block mask, the reference implementation
             if sp is not None:
-                raise ValueError("sequence parallelism needs attn_implementation varlen/flash (ray_rm_varlen)")
+                raise ValueError("sequence parallelism runs on ray_rm's varlen attention only (the config validation "
+                                 "refuses sdpa/eager with it)")
             mask = self._dense_masks(batch, input_ids.shape[1], input_ids.device)
         out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
                             **kwargs)
@@ -107,19 +116,25 @@ class RewardModel(nn.Module):
             pooler = getattr(self.backbone, "pooler", None)
             return pooler(cls_states[:, None, :]) if pooler is not None else cls_states
         # mean over each sequence's tokens
-        seg = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device), batch.seq_lens)
+        lens = batch.seq_laid_out_lens
+        seg = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device), lens)
         pos = torch.cat([torch.arange(s, s + n, device=hidden.device) for s, n in
-                         zip(batch.seq_start.tolist(), batch.seq_lens.tolist())])
+                         zip(batch.seq_start.tolist(), lens.tolist())])
         sums = torch.zeros(batch.num_sequences, hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
         sums.index_add_(0, seg, hidden[pos])
-        return sums / batch.seq_lens[:, None].to(hidden.dtype)
+        return sums / lens[:, None].to(hidden.dtype)
 
     def _head(self, states: torch.Tensor) -> torch.Tensor:
-        return self.head(states).squeeze(-1)
+        return self.head_kind.output(self.head(states))
+
+    @property
+    def reads_first_token(self) -> bool:
+        """Encoders pooling CLS (or the mean from it) read a sequence from its first token, decoders its last."""
+        return self.kind != "decoder" and self.pooling != "last"
 
     def forward(self, batch: ModelBatch, token_values: bool = False, sp=None) -> RewardOutput:
         hidden = self._backbone_forward(batch, sp)
-        index = batch.reward_index if self.kind == "decoder" or self.pooling == "last" else batch.seq_start
+        index = self.head_kind.positions(batch, self.reads_first_token)
         if sp is not None:
             rewards = sp.gather_rewards(lambda local_idx: self._head(self._pool(hidden, batch, local_idx)), index)
             values = sp.gather_tokens(self._head(hidden)) if token_values else None

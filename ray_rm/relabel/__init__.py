@@ -1,6 +1,8 @@
 """Batch relabeling with a reward model on Ray Data: DPO pairs from candidates, rejudging, best-of-n.
 
-Layers: ``select`` (pure selection rules) and ``score`` (scoring examples with a ``RewardScorer``)
--> ``task`` (one read task end to end, plus atomic part files) -> ``stage`` (the Ray Data actor pool,
-shared with ``ray_rm.eval``) -> ``runner`` (planning, resume, summary).
+It must not implement scoring: ``ray_rm.scoring`` is its one home, shared with serve and eval.
+
+Layers: ``select`` (pure selection rules) -> ``task`` (one read task end to end, plus atomic part files)
+-> ``runner`` (planning, resume, summary). Scoring and the Ray Data actor pool come from
+``ray_rm.scoring``, shared with serve and eval.
 """

@@ -1,5 +1,7 @@
 """Driver of the relabel job: plan tasks, resume what a previous run finished, stream the rest, summarize.
 
+It must not hold selection rules (``select.py``) or the per-task work (``task.py``).
+
 ``output_dir`` layout::
 
     data/part-NNNNN.parquet (.jsonl)   output rows, one file per input task
@@ -25,36 +27,17 @@ from pathlib import Path
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError, UserError
-from ray_rm.relabel.config import DISAGREE_POLICIES, MODES, PAIR_STRATEGIES, RelabelConfig, RelabelJobConfig
-from ray_rm.relabel.score import make_scorer
-from ray_rm.relabel.stage import Progress, map_tasks, resolve_gpus
+from ray_rm.relabel.config import RelabelConfig, RelabelJobConfig
+from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.scorer import make_scorer
 from ray_rm.relabel.task import DATA_DIR, PROGRESS_DIR, marker_path, run_task
+from ray_rm.validation import validate
 
 log = logging.getLogger(__name__)
 
 # Settings that change what is written; resuming under different ones is refused.
 _OUTPUT_KEYS = ("model_path", "mode", "input_files", "pair_strategy", "min_margin", "disagree", "normalize", "seed",
                 "on_error", "write_jsonl", "rows_per_task", "limit", "pack_tokens", "dtype", "attn_implementation")
-
-
-def validate(cfg: RelabelConfig) -> None:
-    checks = [
-        (bool(cfg.model_path), "relabel.model_path is required (an exported ray_rm checkpoint or HF RM folder)"),
-        (bool(cfg.input_files), "relabel.input_files is required (files, folders or hf:// datasets)"),
-        (cfg.mode in MODES, f"relabel.mode must be one of {', '.join(MODES)}, got '{cfg.mode}'"),
-        (cfg.pair_strategy in PAIR_STRATEGIES,
-         f"relabel.pair_strategy must be one of {', '.join(PAIR_STRATEGIES)}, got '{cfg.pair_strategy}'"),
-        (cfg.disagree in DISAGREE_POLICIES,
-         f"relabel.disagree must be one of {', '.join(DISAGREE_POLICIES)}, got '{cfg.disagree}'"),
-        (cfg.on_error in ("drop", "raise"), f"relabel.on_error must be drop or raise, got '{cfg.on_error}'"),
-        (cfg.min_margin >= 0, f"relabel.min_margin must be >= 0, got {cfg.min_margin}"),
-        (cfg.rows_per_task > 0, "relabel.rows_per_task must be positive"),
-        (cfg.actors > 0, "relabel.actors must be positive"),
-        (cfg.pack_tokens > 0, "relabel.pack_tokens must be positive"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
 
 
 class RelabelActor:
@@ -133,8 +116,8 @@ def run_relabel(job: RelabelJobConfig) -> dict:
     """Run (or resume) a relabel job; returns the summary also written to ``output_dir/summary.json``."""
     from ray_rm.ray_utils import init_ray
 
+    validate(job)
     cfg = job.relabel
-    validate(cfg)
     out_dir = Path(job.output_dir)
     tasks = plan_read_tasks(cfg.input_files, cfg.rows_per_task, cfg.limit)
     _prepare_output(out_dir, _fingerprint(cfg, tasks), cfg.overwrite)

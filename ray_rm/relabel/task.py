@@ -1,5 +1,7 @@
 """One relabel task end to end without Ray, and its atomically written part files.
 
+It must not import Ray (the runner maps it over an actor pool) or hold selection rules (``select.py``).
+
 A task is a row range of one input source (``ray_rm.data.sources.ReadTask``). Its output is a pure
 function of (rows, model, settings), written as ``data/part-NNNNN.parquet`` (+ ``.jsonl``) and then a
 ``_progress/part-NNNNN.json`` marker holding the task's row accounting. Files are written to a
@@ -27,7 +29,7 @@ from ray_rm.data.sources import ReadTask
 from ray_rm.errors import DataError
 from ray_rm.relabel import select
 from ray_rm.relabel.config import RelabelConfig
-from ray_rm.relabel.score import Scored, group_tokens, score_examples
+from ray_rm.scoring.examples import ResponseScores, group_tokens, score_examples
 
 DATA_DIR, PROGRESS_DIR = "data", "_progress"
 
@@ -83,7 +85,7 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
     scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)
     for ex, s in zip(examples, scored):
-        if not isinstance(s, Scored):
+        if not isinstance(s, ResponseScores):
             out.report.drop(*s)
             continue
         if cfg.mode == "pairs-from-candidates":

@@ -1,5 +1,7 @@
 """Turn a ``ServeConfig`` into a Ray Serve application, and run it for development.
 
+It must not hold routes (``server.py``), scoring (``scoring_engine.py``) or config rules (``ray_rm/validation.py``).
+
 * ``build_app(cfg)``      the bound application (replicas, resources, autoscaling, backpressure from config)
 * ``app_builder(args)``   import path for ``serve deploy`` / ``serve run`` configs (cluster/serve_rm.yaml)
 * ``run_server(job_cfg)`` what ``jobs/serve_rm.py`` does: start Serve on host:port, deploy, block until
@@ -10,34 +12,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from pathlib import Path
 
 from ray_rm.config import ConfigError, from_dict
-from ray_rm.errors import UserError
 from ray_rm.serve.config import ServeConfig, ServeJobConfig
 
 log = logging.getLogger(__name__)
-
-
-def validate(cfg: ServeConfig) -> None:
-    """Catch config mistakes on the driver, before replicas start and fail one by one."""
-    if not cfg.model_path:
-        raise UserError("serve.model_path is required: an exported ray_rm checkpoint or an HF sequence-"
-                        "classification reward model")
-    if cfg.overlength not in ("error", "truncate_left"):
-        raise UserError(f"serve.overlength must be error or truncate_left, got '{cfg.overlength}'")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"serve.device must be auto, cpu or cuda, got '{cfg.device}'")
-    if cfg.num_replicas < 1 or (cfg.max_replicas and cfg.max_replicas < cfg.num_replicas):
-        raise UserError("serve.num_replicas must be >= 1 and serve.max_replicas 0 or >= num_replicas")
-    if cfg.max_items < 1 or cfg.max_body_mb <= 0 or cfg.batch_tokens < 1 or cfg.pack_tokens < 1:
-        raise UserError("serve.max_items, max_body_mb, batch_tokens and pack_tokens must be positive")
-    if not cfg.route_prefix.startswith("/"):
-        raise UserError(f"serve.route_prefix must start with '/', got '{cfg.route_prefix}'")
-    for path in [cfg.model_path, *cfg.ensemble_paths]:
-        looks_local = path.startswith(("/", ".", "~"))
-        if looks_local and not Path(path).expanduser().exists():
-            raise UserError(f"reward model checkpoint '{path}' does not exist")
 
 
 def deployment_options(cfg: ServeConfig) -> dict:
@@ -64,6 +43,7 @@ def deployment_options(cfg: ServeConfig) -> dict:
 def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg`` (bind only; nothing starts until ``serve.run``/``serve deploy``)."""
     from ray_rm.serve.server import RewardServer
+    from ray_rm.validation import validate
 
     validate(cfg)
     return RewardServer.options(**deployment_options(cfg)).bind(cfg.to_dict())
@@ -105,8 +85,9 @@ def run_server(job: ServeJobConfig, stop: threading.Event | None = None) -> None
     from ray import serve
 
     from ray_rm.ray_utils import init_ray, owns_local_cluster, shutdown_ray
+    from ray_rm.validation import validate
 
-    validate(job.serve)
+    validate(job)
     started_here = not ray.is_initialized()
     init_ray(job.ray)
     owns_cluster = started_here and owns_local_cluster()

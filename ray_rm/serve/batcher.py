@@ -3,10 +3,12 @@
 PPO actors send one or a few rollouts per request; running each request alone wastes most of a
 forward pass. ``TokenBatcher`` queues the token sequences of concurrent requests and runs them as
 one padding-free batch of at most ``batch_tokens`` tokens (first arrival waits ``wait_s`` for others).
-Before the forward, ``plan_groups`` merges duplicate sequences and groups sequences that share a
-token prefix (the k rollouts of one prompt usually arrive in k different requests), so the packer
-computes each prompt once. Pure asyncio + a callback: no Ray, no torch; the model runs in one
-dedicated thread so the event loop keeps accepting requests while a batch computes.
+Before the forward, ``scoring.grouping.plan_groups`` merges duplicate sequences and groups sequences
+that share a token prefix (the k rollouts of one prompt usually arrive in k different requests), so
+the packer computes each prompt once. The model runs in one dedicated thread so the event loop keeps
+accepting requests while a batch computes.
+What it must not do: import Ray or torch (pure asyncio + a callback), tokenize, or check items (the
+engine checks each item once, before it is queued).
 """
 from __future__ import annotations
 
@@ -18,49 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ray_rm.scoring.grouping import plan_groups
+
 log = logging.getLogger(__name__)
 
 RunGroups = Callable[[list], list]  # list[list[list[int]]] -> list[list[float]]
-
-
-def _lcp(a: tuple, b: tuple) -> int:
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def plan_groups(seqs: list, *, share_prefix: bool = True, min_shared: int = 16,
-                max_group_tokens: int = 4096) -> tuple[list[list[int]], list[int]]:
-    """(groups of indices of distinct sequences, representative index of every input sequence).
-
-    Identical sequences are scored once. With ``share_prefix``, distinct sequences are sorted and
-    neighbours whose common prefix stays >= ``min_shared`` tokens form a group whose packed size
-    (prefix once + every suffix) stays <= ``max_group_tokens``.
-    """
-    keys = [tuple(s) for s in seqs]
-    first: dict[tuple, int] = {}
-    rep = [first.setdefault(k, i) for i, k in enumerate(keys)]
-    distinct = [i for i in range(len(keys)) if rep[i] == i]
-    if not share_prefix:
-        return [[i] for i in distinct], rep
-    distinct.sort(key=lambda i: keys[i])
-    groups: list[list[int]] = []
-    shared = 0
-    for i in distinct:
-        if groups:
-            prev = keys[groups[-1][-1]]
-            new_shared = min(shared, _lcp(prev, keys[i]))  # sorted: the group's prefix is the chain minimum
-            # packed size if i joins: prefix once, every member's suffix (the prefix shrinks to new_shared)
-            members = groups[-1] + [i]
-            new_cost = sum(len(keys[m]) for m in members) - new_shared * (len(members) - 1)
-            if new_shared >= min_shared and new_cost <= max_group_tokens:
-                groups[-1].append(i)
-                shared = new_shared
-                continue
-        groups.append([i])
-        shared = len(keys[i])
-    return groups, rep
 
 
 @dataclass
@@ -81,8 +45,6 @@ class TokenBatcher:
     def __init__(self, run_groups: RunGroups, *, batch_tokens: int = 8192, wait_s: float = 0.005,
                  share_prefix: bool = True, min_shared: int = 16, max_group_tokens: int = 4096,
                  executor: ThreadPoolExecutor | None = None):
-        if batch_tokens < 1:
-            raise ValueError("batch_tokens must be >= 1")
         self.run_groups = run_groups
         self.batch_tokens = batch_tokens
         self.wait_s = wait_s

@@ -1,5 +1,7 @@
 """Settings of the reward server: one ``serve`` section (+ ``ray``) loaded like every other job config.
 
+Declarations only: it must not hold cross-field rules (``ray_rm/validation.py``).
+
 All defaults live here; ``jobs/serve_rm.py --help`` lists them and ``cluster/serve_rm.yaml`` passes
 the same keys as application ``args``. Secure by default: binds 127.0.0.1, bounded bodies and items.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from ray_rm.config_schema import RayConfig, opt, section
+from ray_rm.config_schema import DTYPES, RayConfig, opt, section
 
 TOKEN_ENV = "RAY_RM_SERVE_TOKEN"
 
@@ -47,11 +49,12 @@ class ServeConfig:
     normalize: bool = opt(False, "default of the request's 'normalize': (r - reward_mean) / reward_std")
     clip: float = opt(0.0, "clip final rewards to [-clip, clip] (0 = off; a request's 'clip' overrides)")
     overlength: str = opt("error", "items over the checkpoint's max_length: error (4xx naming the item) | "
-                                   "truncate_left (keep the end, where the reward token is)")
+                                   "truncate_left (keep the end, where the reward token is)", ("error", "truncate_left"))
     max_items: int = opt(1024, "most items in one request (more: 413)")
     max_body_mb: float = opt(16.0, "largest request body in MiB (more: 413)")
-    device: str = opt("auto", "auto (cuda when the replica has a GPU) | cpu | cuda")
-    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    device: str = opt("auto", "auto (cuda when the replica has a GPU) | cpu | cuda", ("auto", "cpu", "cuda"))
+    dtype: str = opt("auto", "auto (bf16 on GPUs that support it, fp32 on CPU) | float32 | bfloat16 | float16 (GPU)",
+                     DTYPES)
     health_check_period_s: float = opt(10.0, "Serve health-check period")
     health_check_timeout_s: float = opt(30.0, "Serve health-check timeout")
     graceful_shutdown_timeout_s: float = opt(20.0, "on shutdown, how long a replica finishes in-flight requests")

@@ -1,11 +1,16 @@
 """Validate scoring requests (HTTP bodies and handle payloads) into typed items, or say exactly what is wrong.
 
-Pure Python (no Ray, no torch), so hostile inputs are cheap to test. Every problem raises
-``InputError`` with an HTTP status: 400 unreadable body, 413 too large, 422 well-formed but invalid.
+What this module is for: the one place where a request's items are checked, for every route: ``/v1/score``
+and handle calls (``parse_score_request``), OpenRLHF (``parse_openrlhf_request``) and the vLLM-compatible
+pooling routes (``parse_pooling_input``, called by ``vllm_api``). What it must not do: tokenize, check
+token ids against a model (the scoring engine does, once per item), or import Ray or torch (hostile inputs
+are cheap to test). Every problem raises ``InputError`` with an HTTP status: 400 unreadable body,
+413 too large, 422 well-formed but invalid.
 An item is one of:
   * ``{"messages": [{"role", "content"}, ...]}``   the RM's chat template is applied
   * ``{"prompt": str | messages, "response": str | messages}``   tokenized like training rows
   * ``{"text": str}``                                scored as given: ``tokenizer(text)``, nothing appended
+                                                     (vLLM's ``add_special_tokens: false``: without special tokens)
   * ``{"input_ids": [int, ...]}``                    only for callers that use the RM's own tokenizer
 """
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Item:
     prompt: Content = ""
     response: Content = ""
     input_ids: tuple | None = None
+    add_special_tokens: bool = True  # plain text only: tokenizer(text, add_special_tokens=...)
 
 
 @dataclass(frozen=True)
@@ -62,13 +68,14 @@ def parse_json(body: bytes, max_bytes: int) -> Any:
         raise InputError(f"request body is not valid JSON: {str(exc)[:200]}", 400) from None
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """How error messages name a JSON value's type."""
     return type(value).__name__ if value is not None else "null"
 
 
 def _check_text(value: Any, field: str, allow_empty: bool) -> str:
     if not isinstance(value, str):
-        raise InputError(f"{field}: expected a string, got {_kind(value)}")
+        raise InputError(f"{field}: expected a string, got {kind_of(value)}")
     if not allow_empty and not value:
         raise InputError(f"{field}: is empty")
     try:
@@ -90,12 +97,12 @@ def _content(value: Any, field: str, allow_empty: bool) -> Content:
         return _check_messages(value, field)
     if isinstance(value, str):
         return _check_text(value, field, allow_empty)
-    raise InputError(f"{field}: expected a string or a list of {{'role', 'content'}} messages, got {_kind(value)}")
+    raise InputError(f"{field}: expected a string or a list of {{'role', 'content'}} messages, got {kind_of(value)}")
 
 
 def _token_ids(value: Any, field: str) -> tuple:
     if not isinstance(value, list) or not value:
-        raise InputError(f"{field}: expected a non-empty list of token ids, got {_kind(value)}")
+        raise InputError(f"{field}: expected a non-empty list of token ids, got {kind_of(value)}")
     for j, t in enumerate(value):
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= MAX_TOKEN_ID:
             raise InputError(f"{field}[{j}]: token ids are non-negative integers, got {t!r:.40}")
@@ -105,7 +112,7 @@ def _token_ids(value: Any, field: str) -> tuple:
 def parse_item(raw: Any, field: str) -> Item:
     """One request item -> ``Item``; unknown keys are refused so typos do not score the wrong text."""
     if not isinstance(raw, dict):
-        raise InputError(f"{field}: expected an object, {FORMS}; got {_kind(raw)}")
+        raise InputError(f"{field}: expected an object, {FORMS}; got {kind_of(raw)}")
     keys = set(raw)
     if keys == {"messages"}:
         return Item((), _check_messages(raw["messages"], f"{field}.messages"))
@@ -130,7 +137,7 @@ def parse_item(raw: Any, field: str) -> Item:
 
 def _items(raw: Any, field: str, max_items: int) -> list:
     if not isinstance(raw, list):
-        raise InputError(f"'{field}' must be a list, got {_kind(raw)}")
+        raise InputError(f"'{field}' must be a list, got {kind_of(raw)}")
     if not raw:
         raise InputError(f"'{field}' is empty; send at least one item")
     if len(raw) > max_items:
@@ -144,7 +151,7 @@ def _options(body: dict, default_normalize: bool, default_clip: float) -> tuple[
     if normalize is None:
         normalize = default_normalize
     if not isinstance(normalize, bool):
-        raise InputError(f"'normalize' must be true or false, got {_kind(normalize)}")
+        raise InputError(f"'normalize' must be true or false, got {kind_of(normalize)}")
     clip = body.get("clip", default_clip)
     if clip is None:
         clip = default_clip
@@ -157,7 +164,7 @@ def parse_score_request(body: Any, max_items: int, default_normalize: bool = Fal
                         default_clip: float = 0.0) -> ScoreRequest:
     """``{"inputs": [item, ...], "normalize"?: bool, "clip"?: number}`` (POST /v1/score, handle calls)."""
     if not isinstance(body, dict):
-        raise InputError(f"expected a JSON object {{'inputs': [...]}}, got {_kind(body)}")
+        raise InputError(f"expected a JSON object {{'inputs': [...]}}, got {kind_of(body)}")
     unknown = set(body) - {"inputs", "normalize", "clip"}
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(sorted(repr(k)[:40] for k in unknown)[:5])}; "
@@ -176,10 +183,36 @@ def parse_openrlhf_request(body: Any, max_items: int, default_normalize: bool = 
     Extra keys are ignored on purpose: OpenRLHF sends ``prompts``/``labels`` that a plain RM does not use.
     """
     if not isinstance(body, dict):
-        raise InputError(f"expected a JSON object {{'query': [text, ...]}}, got {_kind(body)}")
+        raise InputError(f"expected a JSON object {{'query': [text, ...]}}, got {kind_of(body)}")
     if "query" not in body:
         raise InputError("missing 'query': a list of texts (prompt + response, already formatted)")
     queries = _items(body["query"], "query", max_items)
     normalize, clip = _options(body, default_normalize, default_clip)
     items = tuple(Item("", _check_text(q, f"query[{i}]", allow_empty=False)) for i, q in enumerate(queries))
     return ScoreRequest(items, normalize, clip, "query")
+
+
+def parse_pooling_input(body: dict, max_items: int) -> tuple:
+    """The items of a vLLM pooling body: ``input`` (a text, texts, one tokenized prompt, or token-id lists)
+    or ``messages``, with vLLM's ``add_special_tokens`` (texts only; default true)."""
+    if ("input" in body) == ("messages" in body):
+        raise InputError("send exactly one of 'input' (text, texts or token ids) or 'messages'")
+    special = body.get("add_special_tokens")
+    if special is not None and not isinstance(special, bool):
+        raise InputError(f"'add_special_tokens' must be true or false, got {kind_of(special)}")
+    special = True if special is None else special
+    if "messages" in body:
+        return (parse_item({"messages": body["messages"]}, "messages"),)
+    raw = body["input"]
+    if isinstance(raw, str):
+        return (Item("", _check_text(raw, "input", allow_empty=False), add_special_tokens=special),)
+    raw = _items(raw, "input", max_items)
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):  # one tokenized prompt
+        return (Item(input_ids=_token_ids(raw, "input")),)
+    items = []
+    for i, x in enumerate(raw):
+        if isinstance(x, list):
+            items.append(Item(input_ids=_token_ids(x, f"input[{i}]")))
+        else:
+            items.append(Item("", _check_text(x, f"input[{i}]", allow_empty=False), add_special_tokens=special))
+    return tuple(items)

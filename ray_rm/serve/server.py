@@ -1,4 +1,6 @@
-"""The Ray Serve deployment: FastAPI routes + a handle method around one ``RewardEngine``.
+"""The Ray Serve deployment: FastAPI routes + a handle method around one ``ScoringEngine``.
+
+It must not score or check items itself: it parses bodies with ``inputs``/``vllm_api`` and calls the engine.
 
 Routes (under the application's route prefix):
   * ``POST /v1/score``   ``{"inputs": [item, ...], "normalize"?, "clip"?}`` -> ``{"rewards", "raw_rewards", "model", ...}``
@@ -66,18 +68,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 @serve.deployment
 @serve.ingress(api)
 class RewardServer:
-    """One replica: model(s) loaded once, requests batched across callers by ``RewardEngine``."""
+    """One replica: model(s) loaded once, requests batched across callers by ``ScoringEngine``."""
 
     def __init__(self, config: dict):
         import torch
 
-        from ray_rm.serve.engine import RewardEngine
+        from ray_rm.serve.scoring_engine import ScoringEngine
 
         self.cfg = from_dict(ServeConfig, config)
         torch.set_num_threads(self.cfg.torch_threads or max(1, int(self.cfg.num_cpus)))
         self._token = self.cfg.resolved_token().encode()
         self.max_body = int(self.cfg.max_body_mb * 1024 * 1024)
-        self.engine = RewardEngine(self.cfg)
+        self.engine = ScoringEngine(self.cfg)
         self._label = vllm_api.served_label(self.engine.members[0].model.config)
         log.info("reward server ready: %s (%d model(s)), auth %s", self.engine.name, len(self.engine.members),
                  "on" if self._token else "off")

@@ -12,10 +12,11 @@ and for a one-label classifier its activation is the sigmoid. So ``probs = [sigm
 and ``[reward]`` (the same number ``/v1/score`` returns as ``rewards``) when activation is off.
 ``/v1/embeddings`` always returns the raw reward, as SGLang does for a reward model.
 
-What this module must not do: tokenize, apply a chat template, or re-validate items. A text ``input`` is
-already in the RM's chat template (verl renders it): it becomes a ``{"text"}`` item, scored as given, and
-goes through ``serve.inputs``' checks, the engine's tokenizer and the cross-request token batcher like
-every other route. Pure Python (no Ray, no torch).
+What this module must not do: tokenize, apply a chat template, or check items itself: ``serve.inputs``
+(``parse_pooling_input``) does. A text ``input`` is already in the RM's chat template (verl renders it): it
+becomes a ``{"text"}`` item, scored as given (with vLLM's ``add_special_tokens``, default true), and goes
+through the engine's tokenizer and the cross-request token batcher like every other route. Pure Python
+(no Ray, no torch).
 """
 from __future__ import annotations
 
@@ -25,16 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ray_rm.serve.inputs import (
-    InputError,
-    Item,
-    ScoreRequest,
-    _check_text,
-    _items,
-    _kind,
-    _token_ids,
-    parse_item,
-)
+from ray_rm.serve.inputs import InputError, ScoreRequest, kind_of, parse_pooling_input
 
 ACTIVATION_KEYS = ("softmax", "activation", "use_activation")  # vLLM's precedence: deprecated spellings first
 IGNORED_KEYS = ("user", "request_id", "priority")  # bookkeeping fields that do not change a score
@@ -52,41 +44,16 @@ class PoolingCall:
 
 def _check_keys(body: Any, allowed: tuple, route: str) -> dict:
     if not isinstance(body, dict):
-        raise InputError(f"expected a JSON object {{'model', 'input': text | [text, ...]}}, got {_kind(body)}")
+        raise InputError(f"expected a JSON object {{'model', 'input': text | [text, ...]}}, got {kind_of(body)}")
     unknown = sorted(repr(k)[:40] for k in set(body) - set(allowed))
     if unknown:
         raise InputError(f"{route}: unknown field(s) {', '.join(unknown[:5])}; accepted: {', '.join(allowed)}")
     if body.get("model") is not None and not isinstance(body["model"], str):
-        raise InputError(f"'model' must be a string, got {_kind(body['model'])}")
-    if body.get("add_special_tokens") is False:
-        raise InputError("'add_special_tokens': false is not supported: text is tokenized with the reward model "
-                         "tokenizer's special tokens, as vLLM's default does (strip a leading BOS from the text "
-                         "instead, as verl does)")
+        raise InputError(f"'model' must be a string, got {kind_of(body['model'])}")
     if body.get("truncate_prompt_tokens") is not None:
         raise InputError("'truncate_prompt_tokens' is not supported: the server's serve.overlength policy "
                          "applies (error or truncate_left)")
     return body
-
-
-def _input_items(body: dict, max_items: int) -> tuple:
-    """vLLM's ``input``: a text, a list of texts, a list of token ids, or a list of token-id lists."""
-    if ("input" in body) == ("messages" in body):
-        raise InputError("send exactly one of 'input' (text, texts or token ids) or 'messages'")
-    if "messages" in body:
-        return (parse_item({"messages": body["messages"]}, "messages"),)
-    raw = body["input"]
-    if isinstance(raw, str):
-        return (Item("", _check_text(raw, "input", allow_empty=False)),)
-    raw = _items(raw, "input", max_items)
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):  # one tokenized prompt
-        return (Item(input_ids=_token_ids(raw, "input")),)
-    items = []
-    for i, x in enumerate(raw):
-        if isinstance(x, list):
-            items.append(Item(input_ids=_token_ids(x, f"input[{i}]")))
-        else:
-            items.append(Item("", _check_text(x, f"input[{i}]", allow_empty=False)))
-    return tuple(items)
 
 
 def _activation(body: dict) -> bool:
@@ -94,14 +61,14 @@ def _activation(body: dict) -> bool:
         value = body.get(key)
         if value is not None:
             if not isinstance(value, bool):
-                raise InputError(f"'{key}' must be true or false, got {_kind(value)}")
+                raise InputError(f"'{key}' must be true or false, got {kind_of(value)}")
             return value
     return True  # vLLM's classify default; sigmoid for a one-label model
 
 
 def _call(body: dict, max_items: int, normalize: bool, clip: float, activation: bool) -> PoolingCall:
     # normalize/clip are the server's defaults: vLLM's bodies carry no such fields
-    return PoolingCall(ScoreRequest(_input_items(body, max_items), normalize, clip, "input"), activation,
+    return PoolingCall(ScoreRequest(parse_pooling_input(body, max_items), normalize, clip, "input"), activation,
                        body.get("model"))
 
 

@@ -1,5 +1,9 @@
 """DeepSpeed checkpoints through Ray Train, the resumable train state, and the final HF export.
 
+What this module is for: saving and restoring a run so that a re-run continues at the exact next row, and
+writing the export from the trained weights. What it must not do: decide when to checkpoint (the train
+loop does) or report anything but the checkpoint it saves (``save`` calls ``ray.train.report``: a barrier).
+
 Every rank writes its ZeRO shards into a local folder and reports it with the same
 ``checkpoint_dir_name``; Ray Train merges the folders in storage. Rank 0 adds ``train_state.json``
 (step, epoch, best eval loss, counters), so a re-run with the same run name continues at the exact
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,7 +100,7 @@ def gathered_state_dict(engine, trainable_only: bool) -> dict | None:
             continue
         value = safe_get_full_fp32_param(p) if p.requires_grad else None  # collective under ZeRO
         if value is None:  # fp32 training without ZeRO, or a frozen parameter: the module holds the weights
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None) if zero3 else _nullcontext():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None) if zero3 else nullcontext():
                 value = p.detach().clone() if rank0 else None
         if rank0:
             out[name] = value.detach().to("cpu", copy=True)
@@ -103,14 +108,6 @@ def gathered_state_dict(engine, trainable_only: bool) -> dict | None:
         for key, value in module.state_dict().items():
             out.setdefault(key, value.detach().to("cpu", copy=True))
     return out if rank0 else None
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def export_config(model_cfg, lora_cfg):

@@ -1,6 +1,12 @@
-"""Which packed row each worker trains on, decided by arithmetic instead of by who asks first.
+"""The data feed of training: how packed rows reach the workers, and which row each worker trains on.
 
-Every worker reads the same materialized dataset (``DataConfig(datasets_to_split=[])``) and keeps
+What this module is for: the whole hand-off between the driver's prepared data and the train loop, behind
+a small interface: ``trainer_datasets`` (driver side: what ``TorchTrainer`` receives) and ``WorkerFeed``
+(worker side: ``steps(epoch, start_step)`` and ``eval_rows()``). The train loop reads nothing else, so
+another feed (e.g. streaming at cluster scale) replaces this module without touching the loop. What it
+must not do: tokenize or pack (``ray_rm/data``), or run the model.
+
+Which row: decided by arithmetic instead of by who asks first. Every worker reads the same materialized dataset (``DataConfig(datasets_to_split=[])``) and keeps
 the rows of its data-parallel rank. Position k of an epoch goes to
     step = k // (dp * gas),  micro-batch = (k // dp) % gas,  dp rank = k % dp,
 so the assignment is identical on every run with the same seed: a resumed or restarted run continues
@@ -17,7 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ray_rm.data.packer import PackedRow
+from ray_rm.packed import PackedRow
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,49 @@ def iter_eval_rows(rows: Iterable[dict], num_rows: int, dp_size: int, dp_rank: i
         yield None
 
 
-def dummy_row() -> PackedRow:
-    """A 2-token single-sequence row: keeps collectives in step on ranks with no data; contributes nothing."""
-    return PackedRow(input_ids=[0, 0], position_ids=[0, 1], seq_lens=[2], seq_full_lens=[2], reward_index=[1],
-                     seq_group=[0], seq_ranks=[0], seq_scores=[math.nan], group_ids=["<dummy>"], group_sizes=[1],
-                     group_prefix_lens=[0], group_common_lens=[0], group_margins=[math.nan], group_subsets=[""])
+def trainer_datasets(train, evald) -> tuple[dict, object, dict]:
+    """Driver side: (datasets for ``TorchTrainer``, its ``DataConfig``, the row counts the workers' feed needs).
+
+    ``train``/``evald`` are ``data.pipeline.PreparedData`` (materialized, counted); every worker reads the whole
+    dataset (no split) and keeps its own rows by arithmetic."""
+    from ray.train import DataConfig
+
+    datasets = {"train": train.dataset}
+    if evald is not None:
+        datasets["eval"] = evald.dataset
+    counts = {"train_rows": train.num_rows, "eval_rows": evald.num_rows if evald is not None else 0}
+    return datasets, DataConfig(datasets_to_split=[]), counts
+
+
+class WorkerFeed:
+    """Worker side: this rank's rows for each step of an epoch, and its share of the eval rows."""
+
+    def __init__(self, train_rows: Iterable[dict] | None, eval_rows: Iterable[dict] | None, schedule: RowSchedule,
+                 num_eval_rows: int, dp_rank: int):
+        self._train, self._eval = train_rows, eval_rows
+        self.schedule, self.num_eval_rows, self.dp_rank = schedule, num_eval_rows, dp_rank
+
+    @classmethod
+    def from_ray_train(cls, loop_config: dict, tc, dp_size: int, dp_rank: int) -> "WorkerFeed":
+        """The shards ``trainer_datasets`` handed to ``TorchTrainer``, read through ``ray.train``."""
+        import ray.train
+
+        schedule = RowSchedule(loop_config["train_rows"], dp_size, tc.micro_steps_per_update, tc.seed,
+                               tc.shuffle_window_rows)
+        eval_shard = ray.train.get_dataset_shard("eval") if loop_config["eval_rows"] else None
+        return cls(ray.train.get_dataset_shard("train"), eval_shard, schedule, loop_config["eval_rows"], dp_rank)
+
+    @property
+    def has_eval(self) -> bool:
+        return self._eval is not None
+
+    def _rows(self, source) -> Iterable[dict]:
+        return source.iter_rows() if hasattr(source, "iter_rows") else source
+
+    def steps(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, list]]:
+        """(step in epoch, [PackedRow or None per micro-batch]) from ``start_step`` to the end of ``epoch``."""
+        return iter_steps(self._rows(self._train), self.schedule, epoch, self.dp_rank, start_step)
+
+    def eval_rows(self) -> Iterator:
+        """This rank's eval rows, padded with None so that every rank runs the same number."""
+        return iter_eval_rows(self._rows(self._eval), self.num_eval_rows, self.schedule.dp_size, self.dp_rank)

@@ -1,4 +1,9 @@
-"""Training metrics under open-instruct's names, TensorBoard output, and the driver's progress line."""
+"""Training metrics under open-instruct's names, their files (metrics.jsonl, TensorBoard, consumed pair ids),
+and the driver's progress line.
+
+What this module is for: naming and writing what a step measured. What it must not do: compute losses or
+decide when to report (the train loop does; ``ray.train.report`` is a barrier every rank must reach).
+"""
 from __future__ import annotations
 
 import json
@@ -60,6 +65,29 @@ class MetricsWriter:
         for handle in (self.writer, self.jsonl):
             if handle is not None:
                 handle.close()
+
+
+class ConsumedIds:
+    """With ``train.record_pair_ids``: every rank appends the pair ids of each step to ``consumed/rank<N>.jsonl``
+    (tests prove from them that resume and failover train on every pair exactly once)."""
+
+    def __init__(self, output_dir: str, rank: int, enabled: bool):
+        self.rank, self.file = rank, None
+        if enabled:
+            folder = os.path.join(output_dir, "consumed")
+            os.makedirs(folder, exist_ok=True)
+            self.file = open(os.path.join(folder, f"rank{rank}.jsonl"), "a")
+
+    def write(self, step: int, rows: list) -> None:
+        if self.file is None:
+            return
+        ids = [g for r in rows if r is not None for g in r.group_ids]
+        self.file.write(json.dumps({"step": step, "rank": self.rank, "pid": os.getpid(), "ids": ids}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class ProgressLine(UserCallback):

@@ -1,12 +1,9 @@
-"""One optimizer step and one evaluation pass, with exact global loss normalization.
+"""One optimizer step and one evaluation pass over a worker's packed rows.
 
-Each loss term is a sum over its unit (pairs, sequences, ...). Before the first micro-batch, the
-workers all-reduce how many units the whole step holds; each micro-batch then backpropagates
-    sum_term * world_size * grad_accum / global_count
-because DeepSpeed divides by grad_accum and averages over all ranks. The optimizer thus sees the
-gradient of the exact mean over the step's pairs, however they were packed or spread. Under sequence
-parallelism S ranks share a row, so counts are divided by S, and the S partial gradients of a group
-add up (Ulysses, see model/sequence_parallel.py).
+What this module is for: running the micro-batches of a step (forward, loss, backward, DeepSpeed step),
+skipping non-finite ones on every rank alike, and summing metrics; and the eval pass. What it must not
+do: decide loss scaling (``train/loss_scale.py`` is its one home), choose rows (``train/data_feed.py``),
+or report to Ray Train (``train/loop.py``).
 
 A non-finite loss or reward on any rank makes every rank replace that micro-batch by an empty one
 (collectives stay in step); it is counted, or raises with ``nan_policy=raise``.
@@ -19,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ray_rm.losses import STAT_KEYS, UNITS, LossSettings, compute_loss, loss_terms, unit_counts
+from ray_rm.losses import STAT_KEYS, UNITS, LossSettings, compute_loss, get_loss, loss_terms
 from ray_rm.model.batch import collate_row
+from ray_rm.packed import PackedRow
 from ray_rm.train.collectives import all_reduce_floats, all_reduce_tensor
-from ray_rm.train.data_feed import dummy_row
+from ray_rm.train.loss_scale import mean_loss, scaled_loss, step_unit_counts, unit_factors
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,7 +41,7 @@ class StepContext:
 
     @property
     def needs_token_values(self) -> bool:
-        return self.settings.name == "token_divergence"
+        return get_loss(self.settings.name).needs_token_values
 
     @property
     def layout(self) -> tuple:
@@ -57,51 +55,49 @@ def _sums_vector(ctx: StepContext, res, rewards: torch.Tensor) -> torch.Tensor:
     return torch.stack([bad.double(), *[v.double() for v in terms], *[res.stats[k].double() for k in STAT_KEYS]])
 
 
-def _forward_loss(ctx: StepContext, batch, scale: dict | None):
-    """(loss to backpropagate, sums vector); ``scale=None`` marks a dummy row: zero loss, zero sums."""
+def _forward_loss(ctx: StepContext, batch, factors: dict | None):
+    """(loss to backpropagate, sums vector); ``factors=None`` marks an empty row: zero loss, zero sums."""
     out = ctx.engine(batch.to(ctx.device), token_values=ctx.needs_token_values, sp=ctx.sp)
     res = compute_loss(out, batch, ctx.settings)
-    loss = 0.0 * out.rewards.sum()  # keeps every parameter in the graph, also for empty rows
+    zero = 0.0 * out.rewards.sum()  # keeps every parameter in the graph, also for empty rows
     vector = _sums_vector(ctx, res, out.rewards)
-    if scale is None:
-        return loss, torch.cat([vector[:1], torch.zeros_like(vector[1:])])
-    for term, (value, unit) in res.terms.items():
-        loss = loss + value * scale[unit]
-    return loss, vector
+    if factors is None:
+        return zero, torch.cat([vector[:1], torch.zeros_like(vector[1:])])
+    return scaled_loss(res.terms, factors, zero), vector
+
+
+def _collate(ctx: StepContext, row) -> object:
+    return collate_row(row if row is not None else PackedRow.empty(), ctx.sp_size, ctx.pad_token_id)
 
 
 def train_step(ctx: StepContext, rows: list) -> dict:
-    """Run the micro-batches of one optimizer step; returns global metric sums for the step.
+    """Run the micro-batches of one optimizer step (None = an empty row); returns global metric sums.
 
     Each micro-batch all-reduces one fixed-length vector (non-finite flag, loss terms, stats): the one
     host sync it needs, to decide on every rank alike whether to skip it."""
     t0 = time.perf_counter()
-    batches = [collate_row(r if r is not None else dummy_row(), ctx.sp_size, ctx.pad_token_id) for r in rows]
+    batches = [_collate(ctx, r) for r in rows]
     real = [r is not None for r in rows]
-    local = [sum(unit_counts(b)[u] for b, ok in zip(batches, real) if ok) for u in UNITS]
-    counts = dict(zip(UNITS, (c / ctx.sp_size for c in all_reduce_floats(local))))
-    gas = len(rows)
-    scale = {u: (ctx.world_size * gas / counts[u]) if counts[u] else 0.0 for u in UNITS}
+    counts = step_unit_counts(batches, real, ctx.sp_size)
+    factors = unit_factors(counts, ctx.world_size)
     layout = ctx.layout
     sums = dict.fromkeys(("loss", *STAT_KEYS), 0.0)
     skipped, tokens, n_rows = 0, 0, 0
     ctx.engine.train()
     for batch, ok in zip(batches, real):
-        loss, vector = _forward_loss(ctx, batch, scale if ok else None)
+        loss, vector = _forward_loss(ctx, batch, factors if ok else None)
         reduced = [v / ctx.sp_size for v in all_reduce_tensor(vector).tolist()]
         if reduced[0] > 0:  # some rank saw a non-finite loss or reward: every rank drops this micro-batch
             if ctx.nan_policy == "raise":
                 raise NonFiniteLossError("non-finite loss or reward in a training micro-batch (train.nan_policy=raise)"
                                          f"; pairs: {batch.group_ids[:5]}")
             skipped += 1
-            loss, _ = _forward_loss(ctx, collate_row(dummy_row(), ctx.sp_size, ctx.pad_token_id), None)
+            loss, _ = _forward_loss(ctx, _collate(ctx, None), None)
             ok = False
-        ctx.engine.backward(loss)
+        ctx.engine.backward(loss, scale_wrt_gas=False)  # loss_scale.py already made it the step's mean
         ctx.engine.step()
         if ok:
-            for (term, unit), value in zip(layout, reduced[1:]):
-                if counts[unit]:
-                    sums["loss"] += value / counts[unit]
+            sums["loss"] += mean_loss(layout, reduced[1:1 + len(layout)], counts)
             for k, value in zip(STAT_KEYS, reduced[1 + len(layout):]):
                 sums[k] += value
             tokens += batch.num_real_tokens
@@ -136,7 +132,7 @@ def evaluate(ctx: StepContext, rows) -> dict:
     acc = torch.zeros(len(layout) + len(STAT_KEYS) + len(EVAL_MOMENTS), dtype=torch.float64, device=ctx.device)
     host = dict.fromkeys(("r_n", *[f"n_{u}" for u in UNITS]), 0.0)
     for row in rows:
-        batch = collate_row(row if row is not None else dummy_row(), ctx.sp_size, ctx.pad_token_id)
+        batch = _collate(ctx, row)
         out = ctx.engine(batch.to(ctx.device), token_values=ctx.needs_token_values, sp=ctx.sp)
         if row is None:
             continue
@@ -151,7 +147,7 @@ def evaluate(ctx: StepContext, rows) -> dict:
     reduced = [v / ctx.sp_size for v in all_reduce_tensor(local).tolist()]
     terms, rest = reduced[:len(layout)], reduced[len(layout):]
     tot = dict(zip((*STAT_KEYS, *EVAL_MOMENTS, *host), rest))
-    loss = sum(v / tot[f"n_{unit}"] for (_, unit), v in zip(layout, terms) if tot[f"n_{unit}"])
+    loss = mean_loss(layout, terms, {u: tot[f"n_{u}"] for u in UNITS})
     pairs = tot["pairs"] or math.nan
     mean = tot["r_sum"] / tot["r_n"] if tot["r_n"] else 0.0
     var = tot["r_sq"] / tot["r_n"] - mean * mean if tot["r_n"] else 1.0

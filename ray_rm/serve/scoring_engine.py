@@ -1,5 +1,7 @@
 """The scoring engine of one replica: k reward models, their tokenizers, token batchers and the ensemble math.
 
+It must not check requests (``inputs.py`` is the one place) or know HTTP.
+
 Independent of HTTP and of Ray Serve (the deployment in ``server.py`` only adds transport), so the
 same code answers HTTP requests, handle calls and tests. Each member tokenizes with its own tokenizer
 and rules (``RewardScorer``), and scores through its own ``TokenBatcher``; all members share one
@@ -43,7 +45,7 @@ def combine(member_rewards: list[list[float]], member_stats: list, normalize: bo
     return out
 
 
-class RewardEngine:
+class ScoringEngine:
     """Loads the member checkpoints once; ``score(ScoreRequest)`` is safe to await from many coroutines."""
 
     def __init__(self, cfg: ServeConfig):
@@ -51,10 +53,6 @@ class RewardEngine:
 
         from ray_rm.scoring import RewardScorer
 
-        if not cfg.model_path:
-            raise ValueError("serve.model_path is empty: point it at an exported reward model checkpoint")
-        if cfg.overlength not in ("error", "truncate_left"):
-            raise ValueError(f"serve.overlength must be error or truncate_left, got {cfg.overlength!r}")
         device = cfg.device
         if device == "auto":
             device = "cuda" if (cfg.num_gpus > 0 and torch.cuda.is_available()) else "cpu"
@@ -72,10 +70,12 @@ class RewardEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-forward")
         # One tokenizer thread: keeps the event loop free, and a Rust tokenizer is never entered twice at once.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-tokenize")
+        # a group's budget is its scorer's packed-row budget: one number decides both
         self.batchers = [TokenBatcher(m.score_groups, batch_tokens=max(cfg.batch_tokens, m.max_length),
                                       wait_s=cfg.batch_wait_ms / 1000.0, share_prefix=m.share_prompt,
-                                      min_shared=cfg.min_shared_tokens, max_group_tokens=cfg.pack_tokens,
+                                      min_shared=cfg.min_shared_tokens, max_group_tokens=m.pack_tokens,
                                       executor=self._executor) for m in self.members]
+        self.head_kind = self.members[0].model.head_kind
         vocabs = [m.tokenizer.get_vocab() for m in self.members]
         self.same_tokenizer = all(v == vocabs[0] for v in vocabs[1:])
 
@@ -102,17 +102,21 @@ class RewardEngine:
 
     # ------------------------------------------------------------------ scoring
     def _encode(self, member, items: tuple, field: str) -> list[list[int]]:
-        """Token ids for one member (a worker thread); tokenizer/template failures become 422s."""
+        """Token ids for one member (a worker thread), each item checked once; tokenizer/template failures
+        and bad ids become 422s."""
         seqs: list = [list(it.input_ids) if it.input_ids is not None else None for it in items]
-        todo = [i for i, s in enumerate(seqs) if s is None]
-        if todo:
-            try:
-                encoded = member.encode([(items[i].prompt, items[i].response) for i in todo])
-            except Exception as exc:  # e.g. a chat template that refuses a role order
-                raise InputError(f"could not tokenize the inputs with the reward model's tokenizer: "
-                                 f"{type(exc).__name__}: {str(exc)[:300]}") from None
-            for i, ids in zip(todo, encoded):
-                seqs[i] = ids
+        plain = [i for i, s in enumerate(seqs) if s is None and items[i].add_special_tokens]
+        bare = [i for i, s in enumerate(seqs) if s is None and not items[i].add_special_tokens]
+        try:
+            encoded = member.encode([(items[i].prompt, items[i].response) for i in plain])
+            # vLLM's add_special_tokens=false: the text already holds its special tokens (the encoder's
+            # "templated" form is exactly tokenizer(text, add_special_tokens=False))
+            encoded += member.encoder.encode_rendered([(items[i].response, True) for i in bare])
+        except Exception as exc:  # e.g. a chat template that refuses a role order
+            raise InputError(f"could not tokenize the inputs with the reward model's tokenizer: "
+                             f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        for i, ids in zip(plain + bare, encoded):
+            seqs[i] = ids
         if self.cfg.overlength == "truncate_left":
             seqs = [s[-member.max_length:] for s in seqs]  # the reward token is the last one: keep the end
         try:
@@ -132,6 +136,7 @@ class RewardEngine:
         member_rewards = await asyncio.gather(*(b.score(seqs) for b, seqs in zip(self.batchers, encoded)))
         out = combine(list(member_rewards), [m.stats for m in self.members], req.normalize,
                       self.cfg.ensemble_penalty, req.clip)
+        out.update(self.head_kind.answer(out["rewards"]))  # how this head names its outputs
         out["model"] = self.name
         out["num_tokens"] = [len(s) for s in encoded[0]]  # as the first member tokenized them (usage counts)
         return out

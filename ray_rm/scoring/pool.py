@@ -1,5 +1,8 @@
 """The Ray Data stage shared by relabeling and evaluation: task descriptors -> an actor pool of scorers.
 
+What this module is for: running one scoring actor class over read tasks and showing progress. What it
+must not do: know what an actor computes (relabel and eval pass their own actor class) or write outputs.
+
 Each input item is one read task (a row range); a callable-class actor holds one model replica and
 handles one task per call (``batch_size=1``), so the pool streams: tasks are read, scored and
 written while later ones wait, and the driver only receives one small result row per task.

@@ -1,8 +1,9 @@
 """Score parsed examples with a ``RewardScorer``: tokenize, drop (relabel) or left-truncate (eval) over-length
-ones, score each prompt's group.
+ones, check every sequence once, score each prompt's group.
 
-Shared by relabeling and evaluation so both read rewards exactly like serving does (the checkpoint's
-tokenization rules, prompt-shared packing, one forward per packed row).
+What this module is for: relabeling and evaluation read rewards exactly like serving does (the
+checkpoint's tokenization rules, prompt-shared packing, one forward per packed row). What it must not
+do: import Ray (``pool.py`` runs it on actors), select pairs (``relabel/select.py``) or compute metrics.
 """
 from __future__ import annotations
 
@@ -13,28 +14,17 @@ from ray_rm.data.formats import PreferenceExample
 
 
 @dataclass
-class Scored:
+class ResponseScores:
+    """The rewards of one example's responses (not an eval record: that is ``eval.metrics.ScoredExample``)."""
+
     scores: list  # one reward per response, in the example's response order
     lengths: list  # tokens of each full sequence (prompt + response), before any truncation
     truncated: bool = False  # a sequence was cut to the scorer's limit (its start removed, the reward token kept)
 
 
-def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dtype: str, attn_implementation: str):
-    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads."""
-    import torch
-
-    from ray_rm.scoring import RewardScorer
-
-    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(max(1, int(cpus)))
-    return RewardScorer(model_path, device=device, pack_tokens=pack_tokens, dtype=dtype,
-                        attn_implementation=attn_implementation)
-
-
 def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = False,
                    timing: dict | None = None, truncate: bool = False) -> list:
-    """A ``Scored`` per example, or a (reason, message) drop when a sequence exceeds the model's limit
+    """A ``ResponseScores`` per example, or a (reason, message) drop when a sequence exceeds the model's limit
     (with ``truncate``, such sequences keep their last ``scorer.max_length`` tokens and are flagged).
 
     ``timing["score_seconds"]`` accumulates the time spent in packed forward passes (the part a bare
@@ -58,6 +48,8 @@ def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = 
         lengths.append([len(s) for s in seqs])
         cut.append(longest > scorer.max_length)
         groups.append([s[-scorer.max_length:] for s in seqs])
+    for g in groups:
+        scorer.check_ids(g)  # once per sequence; ``score_groups`` does not check again
     start = time.perf_counter()
     all_rewards = scorer.score_groups(groups) if groups else []
     if timing is not None:
@@ -65,10 +57,10 @@ def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = 
     for i, (g, rewards) in enumerate(zip(groups, all_rewards)):
         if normalize:
             rewards = [scorer.stats.normalize(r) for r in rewards]
-        out[owners[i]] = Scored([float(r) for r in rewards], lengths[i], cut[i])
+        out[owners[i]] = ResponseScores([float(r) for r in rewards], lengths[i], cut[i])
     return out
 
 
 def group_tokens(scored: list) -> int:
     """Tokens in the scored sequences (without prompt sharing): a throughput numerator."""
-    return sum(sum(s.lengths) for s in scored if isinstance(s, Scored))
+    return sum(sum(s.lengths) for s in scored if isinstance(s, ResponseScores))

@@ -1,5 +1,9 @@
 """DeepSpeed engine setup for one worker: precision, ZeRO stage, optimizer groups, warmup + cosine schedule.
 
+What this module is for: turning the train config into one ``deepspeed.initialize`` call. What it must not
+do: validate settings (``ray_rm/validation.py`` refused impossible ones before any worker started), run
+steps, or scale losses (``train/loss_scale.py``).
+
 Precision rules (``model.dtype``):
   * bfloat16: DeepSpeed bf16. The module holds bf16 copies of every parameter; ZeRO keeps the fp32 master
     weights (so mixed precision always runs at ZeRO stage >= 1, whose masters the export reads). The value
@@ -36,21 +40,8 @@ def lr_lambda(total_steps: int, warmup_ratio: float, min_lr_ratio: float):
     return factor
 
 
-def zero_problem(tc: TrainConfig) -> str | None:
-    """Why these ZeRO settings cannot run together (naming the keys), or None."""
-    if tc.zero_stage not in (0, 1, 2, 3):
-        return f"train.zero_stage must be 0, 1, 2 or 3, got {tc.zero_stage}"
-    if tc.offload_optimizer and tc.zero_stage == 0:
-        return "train.offload_optimizer needs train.zero_stage >= 1"
-    if tc.offload_params and tc.zero_stage != 3:
-        return "train.offload_params needs train.zero_stage = 3"
-    return None
-
-
 def deepspeed_config(tc: TrainConfig, dtype: torch.dtype) -> dict:
-    problem = zero_problem(tc)
-    if problem:
-        raise ValueError(problem)
+    """DeepSpeed's config dict for settings ``ray_rm/validation.py`` accepted."""
     zero: dict = {"stage": tc.zero_stage}
     if tc.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}

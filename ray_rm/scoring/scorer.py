@@ -1,9 +1,12 @@
-"""Score texts, chats or token ids with a reward model, padding-free: the engine behind serve, relabel, eval.
+"""Score texts, chats or token ids with a reward model, padding-free: the scorer behind serve, relabel, eval.
 
-Items are tokenized exactly like training data (``ray_rm.data.tokenize``, with the rules stored in
-the checkpoint's ``config.json``), packed with the training packer into token-budget rows, and run
-under ``torch.no_grad``. Responses of one prompt can be scored as a group so the prompt is computed
-once (prompt-shared packing, the same layout as training).
+What this module is for: one loaded checkpoint that tokenizes like training (``ray_rm.data.tokenize``,
+with the rules stored in the checkpoint's ``config.json``), packs with the training packer into
+token-budget rows and runs them under ``torch.no_grad``. Responses of one prompt can be scored as a
+group so the prompt is computed once (prompt-shared packing, the same layout as training).
+What it must not do: import Ray, batch across requests (``serve/batcher.py``), or check ids again
+inside ``score_groups``: callers check every item once with ``check_ids`` (the serve engine when a
+request arrives, ``examples.score_examples`` for relabel and eval).
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from ray_rm.data.packer import pack_groups
-from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, common_prefix_len
+from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup
+from ray_rm.prefix import common_prefix_len
 from ray_rm.model.batch import collate_row
 
 
@@ -79,11 +83,10 @@ class RewardScorer:
         decides ties by equality; two copies in different attention buckets can differ by ~1e-7)."""
         tgroups, copies = [], []
         for gi, seqs in enumerate(groups):
-            self.check_ids(seqs)
             distinct = list(dict.fromkeys(tuple(s) for s in seqs))
             copies.append([distinct.index(tuple(s)) for s in seqs])
             tgroups.append(TokenizedGroup(str(gi), [list(s) for s in distinct], [0] * len(distinct),
-                                          common_prefix_len(distinct) if len(distinct) > 1 else 0,
+                                          common_prefix_len(distinct, keep_own=1) if len(distinct) > 1 else 0,
                                           math.nan, [math.nan] * len(distinct)))
         out: list[list[float]] = [[] for _ in groups]
         budget = max(self.pack_tokens, max((g.num_tokens(self.share_prompt) for g in tgroups), default=1))
@@ -100,3 +103,14 @@ class RewardScorer:
 
     def score(self, items: list[tuple]) -> list[float]:
         return self.score_ids(self.encode(items))
+
+
+def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dtype: str, attn_implementation: str):
+    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads."""
+    import torch
+
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(cpus)))
+    return RewardScorer(model_path, device=device, pack_tokens=pack_tokens, dtype=dtype,
+                        attn_implementation=attn_implementation)
