@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-tokens", type=int, default=8192, help="ray_rm serve.batch_tokens (config default)")
     p.add_argument("--replicas", type=int, default=1, help="ray_rm replicas sharing --threads cores")
     p.add_argument("--pack-tokens", type=int, default=4096, help="ray_rm serve.pack_tokens")
+    p.add_argument("--reward-model", default="", help="an exported reward-model checkpoint to serve (default: "
+                                                       "SmolLM2-135M with a random head; the smoke test uses a tiny one)")
     p.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", default="", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
-    model = ensure_model()
+    model = args.reward_model or ensure_model()
     texts = load_rollouts(max(n for _, n in levels))
     started = time.time()
     load_before = os.getloadavg()
