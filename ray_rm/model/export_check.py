@@ -162,6 +162,10 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
 
     from ray_rm.scoring import RewardScorer
 
+    if _head_of(path) == "prm":  # per-step scores: AutoModelForTokenClassification (export_check_prm.py)
+        from ray_rm.model.export_check_prm import check_prm_export
+
+        return check_prm_export(path)
     start = time.perf_counter()
     report = CheckReport(str(path))
     scorer = RewardScorer(str(path), dtype="float32")
@@ -190,6 +194,15 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
     _check_consumers(report, tokenizer, scorer, clf, items, reference, ours, decoder)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _head_of(path) -> str:
+    from transformers import AutoConfig
+
+    from ray_rm.assets import resolve_model_path
+
+    return (getattr(AutoConfig.from_pretrained(resolve_model_path(str(path))), "ray_rm", None) or {}).get("head",
+                                                                                                      "scalar")
 
 
 def _check_pad(report: CheckReport, scorer, items, reference, decoder: bool) -> None:
