@@ -67,3 +67,37 @@ def score_step_groups(scorer, groups: list[list[StepTokens]]) -> list[list[list[
 def score_steps(scorer, items: list[tuple]) -> list[list[float]]:
     """Step scores of (prompt, steps) items, each scored on its own (no grouping)."""
     return [g[0] for g in score_step_groups(scorer, [[t] for t in encode_steps(scorer, items)])]
+
+
+@torch.no_grad()
+def score_token_groups(scorer, groups: list[list[list[int]]]) -> list[list[list[float]]]:
+    """The head's score at every token of every sequence: [group][sequence][position].
+
+    What the serve batcher runs for a process reward model: a sequence's token scores depend on its ids
+    alone, so identical sequences and shared prefixes from different requests are computed once (as for
+    scalar rewards), and each request then reads its own step ends (``pick_steps``)."""
+    tgroups = [TokenizedGroup(str(gi), [list(s) for s in seqs], [0] * len(seqs),
+                              common_prefix_len(seqs, keep_own=1) if len(seqs) > 1 else 0, math.nan,
+                              [math.nan] * len(seqs)) for gi, seqs in enumerate(groups)]
+    out: list = [None] * len(groups)
+    budget = max(scorer.pack_tokens, max((g.num_tokens(scorer.share_prompt) for g in tgroups), default=1))
+    for row in pack_groups(tgroups, budget, scorer.share_prompt, window=len(tgroups) or 1):
+        values = scorer.model(collate_row(row, pad_token_id=scorer.pad_token_id).to(scorer.device),
+                              token_values=True).token_values.tolist()
+        pos, seq = 0, 0
+        for gid, size, prefix in zip(row.group_ids, row.group_sizes, row.group_prefix_lens):
+            shared = values[pos:pos + prefix]
+            pos += prefix
+            per_seq = []
+            for _ in range(size):
+                n = row.seq_laid_out_lens[seq]
+                per_seq.append(shared + values[pos:pos + n])
+                pos += n
+                seq += 1
+            out[int(gid)] = per_seq
+    return out
+
+
+def pick_steps(token_scores: list[float], tokens: StepTokens) -> list[float]:
+    """A solution's step scores from its per-token scores."""
+    return [token_scores[e] for e in tokens.step_ends]
