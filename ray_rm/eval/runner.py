@@ -108,6 +108,12 @@ def run_eval(job: EvalJobConfig) -> dict:
     """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
     validate(job)
     cfg = job.eval
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(cfg.model_path) == "prm":  # step-level metrics (eval/prm_runner.py)
+        from ray_rm.eval.prm_runner import run_prm_eval
+
+        return run_prm_eval(job)
     start = time.perf_counter()
     examples, drops = score_dataset(job)
     if not examples:

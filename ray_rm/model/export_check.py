@@ -162,7 +162,9 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
 
     from ray_rm.scoring import RewardScorer
 
-    if _head_of(path) == "prm":  # per-step scores: AutoModelForTokenClassification (export_check_prm.py)
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(path) == "prm":  # per-step scores: AutoModelForTokenClassification (export_check_prm.py)
         from ray_rm.model.export_check_prm import check_prm_export
 
         return check_prm_export(path)
@@ -194,15 +196,6 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
     _check_consumers(report, tokenizer, scorer, clf, items, reference, ours, decoder)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _head_of(path) -> str:
-    from transformers import AutoConfig
-
-    from ray_rm.assets import resolve_model_path
-
-    return (getattr(AutoConfig.from_pretrained(resolve_model_path(str(path))), "ray_rm", None) or {}).get("head",
-                                                                                                      "scalar")
 
 
 def _check_pad(report: CheckReport, scorer, items, reference, decoder: bool) -> None:

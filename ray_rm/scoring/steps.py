@@ -20,6 +20,16 @@ from ray_rm.model.batch import collate_row
 from ray_rm.prefix import common_prefix_len
 
 
+def checkpoint_head(path: str) -> str:
+    """The head kind a checkpoint records (``config.json`` ``ray_rm.head``; "scalar" for any other RM)."""
+    from transformers import AutoConfig
+
+    from ray_rm.assets import resolve_model_path
+
+    meta = getattr(AutoConfig.from_pretrained(resolve_model_path(str(path))), "ray_rm", None) or {}
+    return meta.get("head", "scalar")
+
+
 def step_separator(scorer) -> str:
     """The checkpoint's step separator; a scalar reward model has none and cannot score steps."""
     sep = scorer.model.step_separator
