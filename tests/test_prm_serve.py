@@ -6,6 +6,7 @@ handle."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import httpx
 import pytest
@@ -23,15 +24,20 @@ ITEMS = [{"messages": [{"role": "user", "content": PROBLEM}], "steps": SOLUTIONS
          {"prompt": PROBLEM + "\n", "steps": SOLUTIONS[2]}]
 
 
-def reference(path: str, items: list) -> list[list[float]]:
-    """Step scores from plain transformers: the step_layout rule written out with the export's tokenizer."""
+@functools.lru_cache(maxsize=2)
+def _plain(path: str):
     import json
 
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
     sep = json.load(open(f"{path}/config.json"))["ray_rm"]["step_separator"]
-    clf = AutoModelForTokenClassification.from_pretrained(path, dtype=torch.float32).eval()
+    return (AutoTokenizer.from_pretrained(path), sep,
+            AutoModelForTokenClassification.from_pretrained(path, dtype=torch.float32).eval())
+
+
+def reference(path: str, items: list) -> list[list[float]]:
+    """Step scores from plain transformers: the step_layout rule written out with the export's tokenizer."""
+    tok, sep, clf = _plain(path)
     out = []
     for item in items:
         prompt = item.get("messages", item.get("prompt"))
