@@ -21,6 +21,7 @@ from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.data.stepwise import normalize_step_row
 from ray_rm.errors import DataError, UserError
 from ray_rm.eval import prm_metrics as M
+from ray_rm.eval.runner import EvalActor
 
 
 def score_step_task(task: ReadTask, scorer, on_error: str) -> tuple[list[dict], DropReport]:
@@ -43,27 +44,12 @@ def score_step_task(task: ReadTask, scorer, on_error: str) -> tuple[list[dict], 
     return out, report
 
 
-class StepEvalActor:
+class StepEvalActor(EvalActor):
     """Ray Data actor: one model replica; scores one read task of stepwise rows per call."""
 
-    def __init__(self, cfg, on_error: str, gpus: float):
-        from ray_rm.scoring.scorer import make_scorer
-
-        self.on_error = on_error
-        self.scorer = make_scorer(cfg.model_path, gpus, cfg.cpus_per_actor, cfg.pack_tokens, cfg.dtype,
-                                  cfg.attn_implementation)
-
-    def __call__(self, batch: dict) -> dict:
-        results, errors = [], []
-        for task_json in batch["task"]:
-            try:
-                rows, report = score_step_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error)
-                results.append(json.dumps({"rows": rows, "report": report.to_dict()}))
-                errors.append("")
-            except DataError as exc:
-                results.append("")
-                errors.append(str(exc))
-        return {"task_index": batch["task_index"], "result": results, "error": errors}
+    def score_one(self, task: ReadTask) -> dict:
+        rows, report = score_step_task(task, self.scorer, self.on_error)
+        return {"rows": rows, "report": report.to_dict()}
 
 
 def score_step_dataset(job) -> tuple[list[dict], DropReport]:
