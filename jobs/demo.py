@@ -2,6 +2,7 @@
 """The end-to-end demo: train -> serve -> relabel -> eval on the built-in data (``make demo``).
 
   python jobs/demo.py [--output-dir outputs/demo] [--quick] [train.key=value ...]
+  python jobs/demo.py --prm [--output-dir outputs/demo-prm] [--quick]   (process reward model demo, make demo-prm)
 
 Starts a local Ray cluster; about 6-8 minutes on a 2-core CPU machine (--quick: ~2 minutes, a few steps).
 Prints where each artifact is and writes output_dir/demo_summary.json.
@@ -20,9 +21,17 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="outputs/demo", help="where every stage writes (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a few training steps and rows: checks the path, "
                                                             "not the quality")
+    parser.add_argument("--prm", action="store_true", help="the process reward model demo: SmolLM2 + LoRA learns "
+                                                          "to find the first wrong step of arithmetic solutions")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training overrides on top of ray_rm/configs/demo.yaml")
     args = parser.parse_args(argv)
+    if args.prm:
+        from ray_rm.demo_prm import run_prm_demo
+
+        out = args.output_dir if args.output_dir != "outputs/demo" else "outputs/demo-prm"
+        run_prm_demo(out, args.quick, args.overrides)
+        return
     from ray_rm.demo import run_demo
 
     run_demo(args.output_dir, args.quick, args.overrides)

@@ -67,7 +67,8 @@ class ModelConfig:
                     ("auto", "decoder", "encoder"))
     pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder) | "
                                "mean (encoder; not exportable)", ("auto", "last", "cls", "mean"))
-    head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence)",
+    head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence) | prm (a score "
+                              "per step of a solution, read at each step's separator)",
                     registered("ray_rm.model.heads", "HEADS"))
     attn_implementation: str = opt("auto",
                                    "attention kernel: auto = varlen (torch's varlen flash kernel on CUDA in bf16/fp16, "
@@ -79,6 +80,8 @@ class ModelConfig:
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     head_init_std: float = opt(0.0, "value head init std; 0 = 1/sqrt(hidden+1)")
     keep_dropout: bool = opt(False, "keep the backbone's dropout (off by default: dropout hurts RM training)")
+    step_separator: str = opt("\n", "model.head=prm: text appended to every step; a step's score is read at its "
+                                    "last token (recorded in the export as ray_rm.step_separator)")
 
 
 @dataclass
@@ -126,6 +129,8 @@ class TrainConfig:
     center_rewards_coefficient: float = opt(0.0, "adds c * mean((r_chosen + r_rejected)^2) (TRL uses 0.01)")
     barrier_coefficient: float = opt(0.01, "internlm2: weight of the log-barrier keeping rewards in (-5, 5)")
     focal_gamma: float = opt(0.0, "internlm2: >0 uses the focal ranking term with this gamma")
+    prm_last_step_only: bool = opt(False, "model.head=prm: train on each solution's last step only (TRL's "
+                                          "step_last_only; earlier steps' labels are ignored)")
     max_steps: int = opt(0, "optimizer steps to run (0 = num_epochs over the data)")
     num_epochs: int = opt(1, "passes over the training data when max_steps = 0")
     micro_steps_per_update: int = opt(1, "gradient accumulation: packed rows per worker per optimizer step")

@@ -23,6 +23,8 @@ Pairs come from each group's ranks: every (i, j) with rank_i < rank_j, i the bet
                     -log σ(-r) for the others (the reward is the accept-minus-reject logit)
   mse               (r - score)² on sequences that carry a score (score_chosen/score_rejected, k-way scores)
   listwise          Plackett-Luce negative log-likelihood of each group's ranking
+  step_bce          (model.head=prm) binary cross-entropy of each labelled step's score (a logit) against its
+                    label, summed over labelled steps (unit "steps"; unlabelled steps, NaN, are masked out)
 ``train.center_rewards_coefficient`` c adds c·(r_b + r_w)² per pair to any loss (TRL).
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ray_rm.model.reward_model import RewardOutput
 
 BARRIER_BOUND = 5.0
 BARRIER_EPS = 1e-3
-UNITS = ("pairs", "sequences", "scored", "groups")
+UNITS = ("pairs", "sequences", "scored", "groups", "steps")
 
 
 @dataclass
@@ -163,6 +165,16 @@ def plackett_luce(out, batch, settings):
     return {"listwise": total}
 
 
+# ------------------------------------------------------------------ process reward models (model.head=prm)
+@register_loss("step_bce", (("step_bce", "steps"),))
+def step_bce(out, batch, settings):
+    """Sum over labelled steps of BCE(score, label); ``out.rewards`` holds one score per step (the prm head)."""
+    labels = batch.step_labels
+    known = torch.isfinite(labels)
+    per_step = F.binary_cross_entropy_with_logits(out.rewards, torch.where(known, labels, 0.0), reduction="none")
+    return {"step_bce": torch.where(known, per_step, 0.0).sum()}
+
+
 def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -> LossResult:
     """The registered loss's sums (with units), the optional centering term, and the pairwise statistics."""
     loss = get_loss(settings.name)
@@ -180,7 +192,7 @@ def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -
 def unit_counts(batch: ModelBatch) -> dict:
     """How many of each loss unit a row holds, from host-side data (no device sync)."""
     return {"pairs": batch.num_pairs, "sequences": batch.num_sequences, "scored": batch.num_scored,
-            "groups": batch.num_groups}
+            "groups": batch.num_groups, "steps": batch.num_labelled_steps}
 
 
 def loss_terms(settings: LossSettings) -> tuple[tuple[str, str], ...]:

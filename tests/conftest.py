@@ -136,6 +136,19 @@ def exported_tiny_rm(tmp_path_factory, tiny_decoder_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def exported_tiny_prm(tmp_path_factory, tiny_decoder_dir) -> str:
+    """An exported process reward model (model.head=prm, random tiny decoder + head, "\n" separator)."""
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.model.build import build_reward_model
+    from ray_rm.model.export import export_hf
+
+    model = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir, head="prm", head_init_std=0.5), seed=5)
+    out = tmp_path_factory.mktemp("exported_prm") / "hf"
+    export_hf(model, tiny_decoder_dir, out, {"chat_template": "auto", "max_length": 1024})
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster shared by the tests of a session (4 logical CPUs on this 2-core machine)."""
     import ray

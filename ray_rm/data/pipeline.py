@@ -37,6 +37,19 @@ class PackSettings:
     tokenizer_path: str
     share_prompt: bool
     seed: int | None = None
+    head: str = "scalar"  # model.head: "prm" reads stepwise rows (ray_rm/data/step_groups.py)
+    step_separator: str = "\n"  # model.step_separator (prm)
+    prm_last_step_only: bool = False  # train.prm_last_step_only (prm)
+
+
+def task_groups(task: ReadTask, encoder, data_cfg: DataConfig, settings: PackSettings):
+    """(groups, drop report) of one read task: preference rows for a scalar head, stepwise rows for prm."""
+    if settings.head == "prm":
+        from ray_rm.data.step_groups import process_step_task
+
+        return process_step_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
+                                 settings.step_separator, settings.prm_last_step_only)
+    return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
@@ -73,7 +86,7 @@ def make_encoder(tokenizer_path: str, data_cfg: DataConfig):
 def prepare_and_pack(task: ReadTask, task_index: int, encoder, data_cfg: DataConfig,
                      settings: PackSettings) -> pa.Table:
     """The work of one task; the same function backs the Ray stage and the direct (Ray-free) reference."""
-    groups, report = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+    groups, report = task_groups(task, encoder, data_cfg, settings)
     rows = list(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
     return rows_to_table(rows, report, task_index)
 
@@ -124,7 +137,7 @@ def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSet
     encoder = make_encoder(settings.tokenizer_path, data_cfg)
     rows, report = [], DropReport()
     for i, task in enumerate(ordered_tasks(files, data_cfg, settings.seed)):
-        groups, rep = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+        groups, rep = task_groups(task, encoder, data_cfg, settings)
         rows.extend(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
         report.merge(rep)
     return rows, report

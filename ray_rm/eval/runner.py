@@ -59,13 +59,16 @@ class EvalActor:
         self.scorer = make_scorer(cfg.model_path, gpus, cfg.cpus_per_actor, cfg.pack_tokens, cfg.dtype,
                                   cfg.attn_implementation)
 
+    def score_one(self, task: ReadTask) -> dict:
+        """One task's JSON-ready result (``prm_runner.StepEvalActor`` scores stepwise rows instead)."""
+        examples, report = score_task(task, self.scorer, self.on_error, self.truncate)
+        return {"examples": [vars(e) for e in examples], "report": report.to_dict()}
+
     def __call__(self, batch: dict) -> dict:
         results, errors = [], []
         for task_json in batch["task"]:
             try:
-                examples, report = score_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error,
-                                              self.truncate)
-                results.append(json.dumps({"examples": [vars(e) for e in examples], "report": report.to_dict()}))
+                results.append(json.dumps(self.score_one(ReadTask.from_dict(json.loads(task_json)))))
                 errors.append("")
             except DataError as exc:
                 results.append("")
@@ -110,6 +113,12 @@ def run_eval(job: EvalJobConfig) -> dict:
     """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
     validate(job)
     cfg = job.eval
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(cfg.model_path) == "prm":  # step-level metrics (eval/prm_runner.py)
+        from ray_rm.eval.prm_runner import run_prm_eval
+
+        return run_prm_eval(job)
     start = time.perf_counter()
     examples, drops = score_dataset(job)
     if not examples:

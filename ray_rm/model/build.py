@@ -123,6 +123,8 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.name == "prm":
+        model.step_separator = cfg.step_separator
     head = model.head
     torch.manual_seed(seed)
     std = cfg.head_init_std or 1.0 / math.sqrt(hf_config.hidden_size + 1)
@@ -189,5 +191,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     attention.register()
     clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.name == "prm":
+        model.step_separator = meta.get("step_separator", "\n")
     model.head.float()
     return model.to(device).eval()

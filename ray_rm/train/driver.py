@@ -93,7 +93,8 @@ def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[Pac
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = pick_pad_token(tokenizer)[1] if kind == "decoder" else (tokenizer.pad_token_id or 0)
     settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
-                            seed=cfg.train.seed if cfg.data.shuffle else None)
+                            seed=cfg.train.seed if cfg.data.shuffle else None, head=cfg.model.head,
+                            step_separator=cfg.model.step_separator, prm_last_step_only=cfg.train.prm_last_step_only)
     return settings, pad_id
 
 
