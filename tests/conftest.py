@@ -13,6 +13,7 @@ Tests marked ``gpu`` need CUDA and are skipped without it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_SESSION_START = time.monotonic()
+_TEST_SECONDS: dict = {}
+SLOW_LINE_S = 20.0  # tests at least this long are named as they finish, so a CI log cut by a time limit still says where the time went
+
+
+def pytest_runtest_logreport(report):
+    _TEST_SECONDS[report.nodeid] = _TEST_SECONDS.get(report.nodeid, 0.0) + report.duration
+    if report.when == "teardown" and _TEST_SECONDS[report.nodeid] >= SLOW_LINE_S:
+        elapsed = time.monotonic() - _SESSION_START
+        print(f"\n[{_TEST_SECONDS[report.nodeid]:6.1f}s, {elapsed / 60:5.1f} min in] {report.nodeid}", flush=True)
 
 
 def pytest_collection_modifyitems(config, items):
