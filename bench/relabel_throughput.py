@@ -189,7 +189,7 @@ def main() -> None:
             ray.shutdown()
     best = {side: {k: max(r[side][k] for r in rounds) for k in rounds[0][side] if k.endswith("_per_s")}
             for side in ("bare", "relabel")}
-    result = {"model": "SmolLM2-135M-Instruct RM (fp32)", "device": "cpu", "threads": args.cpus,
+    result = {"model": args.reward_model or "SmolLM2-135M-Instruct RM, random head (fp32)", "device": "cpu", "threads": args.cpus,
               "rows": rows, "candidates_per_row": 2, "tokens_in_packed_rows": tokens, "packed_rows": len(batches),
               "rows_per_task": args.rows_per_task, "pack_tokens": args.pack_tokens, "repeats": args.repeats,
               "load_average": os.getloadavg(), "rounds": rounds, "best": best,

@@ -79,10 +79,11 @@ def baseline_server(model: str, port: int, threads: int, max_len: int = 2048) ->
     app = FastAPI()
 
     def get_reward(queries: list[str]) -> list[float]:
-        # OpenRLHF: strip pad/eos, append the EOS text, tokenize without special tokens, pad the batch
-        queries = [_strip(q, tok.pad_token, tok.eos_token) + tok.eos_token for q in queries]
-        batch = tok(queries, return_tensors="pt", add_special_tokens=False, max_length=max_len,
-                    padding=True, truncation=True)
+        # OpenRLHF's handler shape (strip pad/eos, pad the batch, one forward per request). Its EOS append is
+        # left out: a ray_rm checkpoint's reward is read at the text's own last token (plain tokenizer(text)),
+        # so both servers compute the same reward and only the serving method differs
+        queries = [_strip(q, tok.pad_token, tok.eos_token) for q in queries]
+        batch = tok(queries, return_tensors="pt", max_length=max_len, padding=True, truncation=True)
         with torch.no_grad():
             return rm(**batch).logits[:, 0].tolist()
 

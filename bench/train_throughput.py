@@ -206,6 +206,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNG go")
     parser.add_argument("--pairs", type=int, default=96, help="hh-rlhf pairs used (first ones that fit)")
@@ -218,7 +219,6 @@ def main() -> None:
                         help="run only the padded/packed/shared comparison or only bare vs ray_rm")
     parser.add_argument("--model", default=MODEL, help="model name or path (figures use SmolLM2-135M)")
     args = parser.parse_args()
-    global MODEL
     MODEL = args.model
 
     import torch
