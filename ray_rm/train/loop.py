@@ -17,7 +17,7 @@ import torch
 from ray_rm.config import from_dict
 from ray_rm.config_schema import TrainJobConfig
 from ray_rm.losses import LossSettings
-from ray_rm.train import checkpointing
+from ray_rm.train import checkpointing, curves
 from ray_rm.train.checkpointing import TrainState
 from ray_rm.train.collectives import barrier
 from ray_rm.train.data_feed import WorkerFeed
@@ -38,7 +38,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if state.global_step:
         log.info("rank %d resumed at step %d (epoch %d, step %d of the epoch)", rank.world_rank, state.global_step,
                  state.epoch, state.step_in_epoch)
-    writer = MetricsWriter(cfg.output_dir if rank.world_rank == 0 else None, tc.tensorboard)
+    writer = MetricsWriter(cfg.output_dir if rank.world_rank == 0 else None, tc.tensorboard, state.curves)
     consumed = ConsumedIds(cfg.output_dir, rank.world_rank, tc.record_pair_ids)
 
     # ---- the data stream: this rank's packed rows, step by step
@@ -179,6 +179,7 @@ def final_eval_export_and_checkpoint(ctx: StepContext, feed: WorkerFeed, state: 
     final.update({f"eval/rm/{k}": v for k, v in ev.items() if k in EVAL_KEYS})
     final.update({"global_step": state.global_step, "pairs_seen": state.pairs_seen,
                   "tokens_seen": state.tokens_seen, "skipped_micro_batches": state.skipped_micro_batches})
+    curves.record(state.curves, final)  # the final eval's point, saved with the final checkpoint
     lora = cfg.train.lora.r > 0
     weights = checkpointing.gathered_state_dict(ctx.engine, trainable_only=lora)  # a collective: every rank
     meta = dict(loop_config["export_meta"], reward_mean=ev.get("reward_mean", 0.0),
