@@ -1,6 +1,6 @@
 """The end-to-end demo: train -> serve -> relabel -> eval on the built-in data (``make demo``).
 
-  python jobs/demo.py [--output-dir outputs/demo] [--quick] [train.key=value ...]
+  python jobs/demo.py [--output-dir outputs/demo] [--quick] [--verbose] [train.key=value ...]
 
 Starts a local Ray cluster; about 6-8 minutes on a 2-core CPU machine (--quick: ~2 minutes, a few steps).
 Prints where each artifact is and writes output_dir/demo_summary.json.
@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ray_rm.cli import run_job  # noqa: E402
+from ray_rm.config_schema import RayConfig  # noqa: E402
 
 
 def main(argv=None):
@@ -19,12 +20,14 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="outputs/demo", help="where every stage writes (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a few training steps and rows: checks the path, "
                                                             "not the quality")
+    parser.add_argument("--verbose", action="store_true",
+                        help="same as ray.verbose=true: " + RayConfig.__dataclass_fields__["verbose"].metadata["help"])
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training overrides on top of ray_rm/configs/demo.yaml")
     args = parser.parse_args(argv)
     from ray_rm.demo import run_demo
 
-    run_demo(args.output_dir, args.quick, args.overrides)
+    run_demo(args.output_dir, args.quick, args.overrides, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class RayConfig:
                                      "'local' always starts one; anything else is passed to ray.init")
     num_cpus: int = opt(0, "logical CPUs of a locally started Ray (0 = max(4, cores), so data actors and "
                            "workers fit on small machines)")
+    verbose: bool = opt(False, "also print the INFO logs of Ray, Ray Data, Ray Train, DeepSpeed and transformers "
+                               "(default: ray_rm's progress and results, and every warning and error)")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from ray_rm.config_schema import TrainConfig
+from ray_rm.logging_setup import deepspeed_log_level
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def deepspeed_config(tc: TrainConfig, dtype: torch.dtype) -> dict:
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
+        "log_level": deepspeed_log_level(),  # DeepSpeed sets its logger from this when the engine starts
     }
 
 

@@ -88,14 +88,12 @@ class Rank:
 
 
 def setup_worker(tc) -> Rank:
-    """This worker's place in the run (ranks, data-parallel coordinates, device) and its quiet logging."""
+    """This worker's place in the run (ranks, data-parallel coordinates, device) and its logging (--verbose)."""
     import ray.train
-    from transformers.utils import logging as hf_logging
 
-    from ray_rm.ray_utils import quiet_ray_logs
+    from ray_rm.logging_setup import configure_worker
 
-    hf_logging.set_verbosity_error()
-    quiet_ray_logs()
+    configure_worker()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device("cuda", ctx.get_local_rank()) if tc.use_gpu else torch.device("cpu")
