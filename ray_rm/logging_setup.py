@@ -1,17 +1,22 @@
 """How much a job prints. Quiet by default: ray_rm's own progress and results, plus every library's warnings and
 errors. ``--verbose`` (the config key ``ray.verbose``) brings back the INFO logs of Ray, Ray Data, Ray Train,
-DeepSpeed, transformers and the HTTP client.
+DeepSpeed, transformers and the HTTP client, and ray_rm's own debug notes.
 
-What this module is for: one switch, applied the same way in the driver (``configure`` and the ``ray.init``
-arguments from ``ray_init_kwargs``) and in the processes Ray starts (``configure_worker``, told through the
-``RAY_RM_VERBOSE`` variable of the job's runtime_env). What it must not do: hide warnings or errors (no level
-here goes above WARNING), start Ray, or import DeepSpeed (its logger is set by name before it exists: DeepSpeed
-keeps a logger's level when it creates it).
+What this module is for: one switch, applied the same way in the driver (``configure``, the ``ray.init``
+arguments from ``ray_init_kwargs``, Ray Train's ``LoggingConfig`` level) and in the processes Ray starts
+(``configure_worker``, told through the ``RAY_RM_VERBOSE`` variable of the job's runtime_env; DeepSpeed's config
+``log_level``). What it must not do: hide a warning or error a user can act on, start Ray, or import DeepSpeed.
+The only things quiet mode drops above INFO are listed here by name: Ray Data's notice that its progress bars are
+off (ray_rm turns them off on purpose and draws its own), two deprecation warnings raised inside the libraries by
+the libraries themselves (``LIBRARY_DEPRECATIONS``), and DeepSpeed's bare ``print`` lines while its engine starts.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import warnings
 
 VERBOSE_ENV = "RAY_RM_VERBOSE"
 
@@ -20,6 +25,13 @@ VERBOSE_ENV = "RAY_RM_VERBOSE"
 # children of it that carry their own levels.
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune", "DeepSpeed", "torch.distributed",
                    "transformers", "httpx", "httpcore", "filelock", "urllib3")
+# Its only lines: "Progress bars disabled. To enable, set ...", logged at WARNING because ray_rm turned them off.
+RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+# Deprecations one library raises about another's use of it: nothing a ray_rm user can change. (message start,
+# category). PYTHONWARNINGS carries them to Ray's own actors too (e.g. Ray Train's DatasetManager), where no
+# ray_rm code runs; its fields cannot hold commas.
+LIBRARY_DEPRECATIONS = (("`is_gradient_checkpointing` is deprecated", FutureWarning),  # peft -> transformers
+                        ("`ExecutionOptions.exclude_resources` is deprecated", DeprecationWarning))  # Ray Train
 
 
 def library_level(verbose: bool) -> int:
@@ -37,22 +49,41 @@ def deepspeed_log_level() -> str:
     return "info" if verbose_from_env() else "warning"
 
 
+def train_log_level() -> str:
+    """Ray Train's ``LoggingConfig(log_level=...)``: its controller and workers configure their own ``ray.train``
+    console logging from it (resource requests, worker-group start, process-group setup)."""
+    return "INFO" if verbose_from_env() else "WARNING"
+
+
+def python_warnings_env() -> str:
+    """``PYTHONWARNINGS`` for Ray's processes: the library deprecations above, ignored (quiet mode only)."""
+    return ",".join(f"ignore:{message}:{category.__name__}" for message, category in LIBRARY_DEPRECATIONS)
+
+
 def ray_init_kwargs(verbose: bool) -> dict:
-    """The ``ray.init`` arguments that carry the switch: the driver's "ray" logger level, and the variable every
-    worker, actor and replica of the job reads in ``configure_worker``. Worker output stays forwarded
-    (``log_to_driver``): the training progress line is printed by Ray Train's controller actor."""
-    return {"logging_level": library_level(verbose), "log_to_driver": True,
-            "runtime_env": {"env_vars": {VERBOSE_ENV: "1" if verbose else "0"}}}
+    """The ``ray.init`` arguments that carry the switch: the driver's "ray" logger level, and the variables every
+    worker, actor and replica of the job starts with. Worker output stays forwarded (``log_to_driver``): the
+    training progress line is printed by Ray Train's controller actor."""
+    env = {VERBOSE_ENV: "1" if verbose else "0"}
+    if not verbose:  # the user's own PYTHONWARNINGS comes last, so it wins
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [python_warnings_env(), os.environ.get("PYTHONWARNINGS")]))
+    return {"logging_level": library_level(verbose), "log_to_driver": True, "runtime_env": {"env_vars": env}}
 
 
 def configure(verbose: bool) -> None:
-    """Apply the switch in this process: library loggers at INFO or WARNING, ray_rm's always at INFO."""
+    """Apply the switch in this process: library loggers at INFO or WARNING, ray_rm's at INFO (DEBUG if verbose)."""
     level = library_level(verbose)
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # processes started from this one inherit it
     logging.getLogger().setLevel(level)  # third-party loggers without a level of their own follow the root
-    logging.getLogger("ray_rm").setLevel(logging.INFO)
+    logging.getLogger("ray_rm").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.INFO if verbose else logging.ERROR)
+    for message, category in LIBRARY_DEPRECATIONS:
+        if verbose:
+            warnings.filterwarnings("default", message=message, category=category)
+        else:
+            warnings.filterwarnings("ignore", message=message, category=category)
     _configure_ray_data(verbose)
     _configure_ray_train(level)
     _configure_transformers(verbose)
@@ -61,6 +92,17 @@ def configure(verbose: bool) -> None:
 def configure_worker() -> None:
     """In a Ray worker, actor or Serve replica: the driver's switch (``RAY_RM_VERBOSE``)."""
     configure(verbose_from_env())
+
+
+@contextlib.contextmanager
+def library_prints():
+    """Around a library call that reports with bare ``print`` (DeepSpeed: "... built successfully" per worker):
+    swallowed when quiet. Loggers keep their own stream handles, so warnings logged inside still show."""
+    if verbose_from_env():
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _configure_ray_data(verbose: bool) -> None:

@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from ray_rm.relabel.config import RelabelJobConfig
 from ray_rm.serve.config import ServeJobConfig
 
 REPO = Path(__file__).resolve().parents[1]
-LOGGERS = ("", "ray", "ray.data", "ray.train", "DeepSpeed", "transformers", "httpx", "ray_rm")
+LOGGERS = ("", "ray", "ray.data", "ray.train", "DeepSpeed", "transformers", "httpx", "ray_rm",
+           logging_setup.RAY_DATA_PROGRESS_LOGGER)
 
 
 @pytest.fixture
@@ -30,7 +32,8 @@ def restore_logging():
     env = os.environ.get(logging_setup.VERBOSE_ENV)
     ctx = DataContext.get_current()
     data = (ctx.enable_progress_bars, ctx.print_on_execution_start)
-    yield
+    with warnings.catch_warnings():
+        yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     if env is None:
@@ -64,9 +67,13 @@ def test_quiet_switch_reaches_ray_init_and_the_workers_environment():
     env = quiet["runtime_env"]["env_vars"]
     assert env[logging_setup.VERBOSE_ENV] == "0" and env["TOKENIZERS_PARALLELISM"] == "false"
     assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # a local one-node cluster is never preempted
+    # Ray's own actors ignore the two library-internal deprecations (and nothing else)
+    assert env["PYTHONWARNINGS"].startswith("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning,"
+                                            "ignore:`ExecutionOptions.exclude_resources` is deprecated:")
     loud = init_kwargs(RayConfig(verbose=True), local=False)
     assert loud["logging_level"] == logging.INFO and loud["runtime_env"]["env_vars"][logging_setup.VERBOSE_ENV] == "1"
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in loud["runtime_env"]["env_vars"]  # joined clusters: kept
+    assert "PYTHONWARNINGS" not in loud["runtime_env"]["env_vars"]
 
 
 def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
@@ -83,6 +90,13 @@ def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
     assert hf_logging.get_verbosity() == logging.WARNING  # warnings stay visible, INFO goes
     assert DataContext.get_current().print_on_execution_start is False
     assert deepspeed_config(TrainConfig(), torch.float32)["log_level"] == "warning"
+    assert logging_setup.train_log_level() == "WARNING"  # Ray Train's LoggingConfig in the driver's RunConfig
+    assert logging.getLogger(logging_setup.RAY_DATA_PROGRESS_LOGGER).level == logging.ERROR
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("something else is deprecated", FutureWarning)  # any other warning stays
+        warnings.warn("a real problem", UserWarning)
+    assert [str(w.message) for w in seen] == ["something else is deprecated", "a real problem"]
 
     logging_setup.configure(True)
     assert os.environ[logging_setup.VERBOSE_ENV] == "1"  # processes started from here inherit it
@@ -91,6 +105,11 @@ def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
     assert hf_logging.get_verbosity() == logging.INFO
     assert DataContext.get_current().print_on_execution_start is True
     assert deepspeed_config(TrainConfig(), torch.float32)["log_level"] == "info"
+    assert logging_setup.train_log_level() == "INFO"
+    assert logging.getLogger("ray_rm").level == logging.DEBUG  # ray_rm's debug notes come back too
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+    assert len(seen) == 1
 
 
 def test_deepspeed_reads_the_log_level_we_pass(restore_logging):
@@ -102,3 +121,13 @@ def test_deepspeed_reads_the_log_level_we_pass(restore_logging):
     os.environ[logging_setup.VERBOSE_ENV] = "0"
     cfg = deepspeed_config(TrainConfig(), torch.float32)
     assert DeepSpeedConfig(cfg).log_level == "warning"
+
+
+def test_only_the_verbose_run_printed_the_library_line(restore_logging, capsys):
+    os.environ[logging_setup.VERBOSE_ENV] = "0"
+    with logging_setup.library_prints():
+        print("quiet op built")
+    os.environ[logging_setup.VERBOSE_ENV] = "1"
+    with logging_setup.library_prints():
+        print("verbose op built")
+    assert capsys.readouterr().out == "verbose op built\n"

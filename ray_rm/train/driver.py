@@ -128,9 +128,10 @@ def _plan(cfg: TrainJobConfig, train_rows: int) -> RunPlan:
 
 def _trainer(cfg: TrainJobConfig, plan: RunPlan, train: PreparedData, evald: PreparedData | None, pad_token_id: int):
     """The ``TorchTrainer``: workers run ``train_loop_per_worker`` on the data feed's datasets."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ray_rm.logging_setup import train_log_level
     from ray_rm.train.data_feed import trainer_datasets
     from ray_rm.train.loop import train_loop_per_worker
     from ray_rm.train.metrics import ProgressLine
@@ -153,7 +154,8 @@ def _trainer(cfg: TrainJobConfig, plan: RunPlan, train: PreparedData, evald: Pre
         run_config=RunConfig(name=plan.run_name, storage_path=str(plan.storage),
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[ProgressLine(plan.total_steps)]),
+                             callbacks=[ProgressLine(plan.total_steps)],
+                             logging_config=LoggingConfig(log_level=train_log_level())),
         datasets=datasets, dataset_config=dataset_config,
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
     )

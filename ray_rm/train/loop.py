@@ -9,6 +9,7 @@ let ranks diverge: ``ray.train.report`` is a barrier, so every rank calls it the
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -94,6 +95,7 @@ def setup_worker(tc) -> Rank:
     from ray_rm.logging_setup import configure_worker
 
     configure_worker()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if tc.use_gpu else "cpu")  # DeepSpeed warns when it guesses
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device("cuda", ctx.get_local_rank()) if tc.use_gpu else torch.device("cpu")
