@@ -3,7 +3,7 @@ errors. ``--verbose`` (the config key ``ray.verbose``) brings back the INFO logs
 DeepSpeed, transformers and the HTTP client, and ray_rm's own debug notes.
 
 What this module is for: one switch, applied the same way in the driver (``configure``, the ``ray.init``
-arguments from ``ray_init_kwargs``, Ray Train's ``LoggingConfig`` level) and in the processes Ray starts
+arguments from ``ray_init_kwargs``, Ray Train's and Ray Serve's logging configs) and in the processes Ray starts
 (``configure_worker``, told through the ``RAY_RM_VERBOSE`` variable of the job's runtime_env; DeepSpeed's config
 ``log_level``). What it must not do: hide a warning or error a user can act on, start Ray, or import DeepSpeed.
 The only things quiet mode drops above INFO are listed here by name: Ray Data's notice that its progress bars are
@@ -53,6 +53,12 @@ def train_log_level() -> str:
     """Ray Train's ``LoggingConfig(log_level=...)``: its controller and workers configure their own ``ray.train``
     console logging from it (resource requests, worker-group start, process-group setup)."""
     return "INFO" if verbose_from_env() else "WARNING"
+
+
+def serve_logging_config() -> dict:
+    """Ray Serve's ``logging_config`` for its controller, proxies and replicas: their INFO lines (replica
+    starts, endpoint updates, one access-log line per request) only with --verbose."""
+    return {"log_level": "INFO" if verbose_from_env() else "WARNING"}
 
 
 def python_warnings_env() -> str:

@@ -78,6 +78,7 @@ def test_quiet_switch_reaches_ray_init_and_the_workers_environment():
 
 def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
     from ray.data import DataContext
+    from ray.serve.schema import LoggingConfig as ServeLoggingConfig
     from transformers.utils import logging as hf_logging
 
     from ray_rm.train.deepspeed_setup import deepspeed_config
@@ -91,6 +92,7 @@ def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
     assert DataContext.get_current().print_on_execution_start is False
     assert deepspeed_config(TrainConfig(), torch.float32)["log_level"] == "warning"
     assert logging_setup.train_log_level() == "WARNING"  # Ray Train's LoggingConfig in the driver's RunConfig
+    assert ServeLoggingConfig(**logging_setup.serve_logging_config()).log_level == "WARNING"  # Serve's own schema
     assert logging.getLogger(logging_setup.RAY_DATA_PROGRESS_LOGGER).level == logging.ERROR
     with warnings.catch_warnings(record=True) as seen:
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
@@ -106,6 +108,7 @@ def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
     assert DataContext.get_current().print_on_execution_start is True
     assert deepspeed_config(TrainConfig(), torch.float32)["log_level"] == "info"
     assert logging_setup.train_log_level() == "INFO"
+    assert ServeLoggingConfig(**logging_setup.serve_logging_config()).log_level == "INFO"
     assert logging.getLogger("ray_rm").level == logging.DEBUG  # ray_rm's debug notes come back too
     with warnings.catch_warnings(record=True) as seen:
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
