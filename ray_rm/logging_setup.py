@@ -7,8 +7,8 @@ arguments from ``ray_init_kwargs``, Ray Train's and Ray Serve's logging configs)
 (``configure_worker``, told through the ``RAY_RM_VERBOSE`` variable of the job's runtime_env; DeepSpeed's config
 ``log_level``). What it must not do: hide a warning or error a user can act on, start Ray, or import DeepSpeed.
 The only things quiet mode drops above INFO are listed here by name: Ray Data's notice that its progress bars are
-off (ray_rm turns them off on purpose and draws its own), two deprecation warnings raised inside the libraries by
-the libraries themselves (``LIBRARY_DEPRECATIONS``), and DeepSpeed's bare ``print`` lines while its engine starts.
+off (ray_rm turns them off on purpose and draws its own), deprecation warnings one library raises about another's
+use of it (``LIBRARY_DEPRECATIONS``), and DeepSpeed's bare ``print`` lines while its engine starts.
 """
 from __future__ import annotations
 
@@ -27,11 +27,10 @@ LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune", "Dee
                    "transformers", "httpx", "httpcore", "filelock", "urllib3")
 # Its only lines: "Progress bars disabled. To enable, set ...", logged at WARNING because ray_rm turned them off.
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
-# Deprecations one library raises about another's use of it: nothing a ray_rm user can change. (message start,
-# category). PYTHONWARNINGS carries them to Ray's own actors too (e.g. Ray Train's DatasetManager), where no
-# ray_rm code runs; its fields cannot hold commas.
-LIBRARY_DEPRECATIONS = (("`is_gradient_checkpointing` is deprecated", FutureWarning),  # peft -> transformers
-                        ("`ExecutionOptions.exclude_resources` is deprecated", DeprecationWarning))  # Ray Train
+# Deprecations one library raises about another's use of it: nothing a ray_rm user can change (message start,
+# category). Only for processes that run ``configure``: in Ray's own actors Ray re-enables its deprecation
+# warnings when it is imported, so a PYTHONWARNINGS filter would not hold there.
+LIBRARY_DEPRECATIONS = (("`is_gradient_checkpointing` is deprecated", FutureWarning),)  # peft -> transformers 5
 
 
 def library_level(verbose: bool) -> int:
@@ -61,18 +60,11 @@ def serve_logging_config() -> dict:
     return {"log_level": "INFO" if verbose_from_env() else "WARNING"}
 
 
-def python_warnings_env() -> str:
-    """``PYTHONWARNINGS`` for Ray's processes: the library deprecations above, ignored (quiet mode only)."""
-    return ",".join(f"ignore:{message}:{category.__name__}" for message, category in LIBRARY_DEPRECATIONS)
-
-
 def ray_init_kwargs(verbose: bool) -> dict:
-    """The ``ray.init`` arguments that carry the switch: the driver's "ray" logger level, and the variables every
+    """The ``ray.init`` arguments that carry the switch: the driver's "ray" logger level, and the variable every
     worker, actor and replica of the job starts with. Worker output stays forwarded (``log_to_driver``): the
     training progress line is printed by Ray Train's controller actor."""
     env = {VERBOSE_ENV: "1" if verbose else "0"}
-    if not verbose:  # the user's own PYTHONWARNINGS comes last, so it wins
-        env["PYTHONWARNINGS"] = ",".join(filter(None, [python_warnings_env(), os.environ.get("PYTHONWARNINGS")]))
     return {"logging_level": library_level(verbose), "log_to_driver": True, "runtime_env": {"env_vars": env}}
 
 

@@ -67,13 +67,9 @@ def test_quiet_switch_reaches_ray_init_and_the_workers_environment():
     env = quiet["runtime_env"]["env_vars"]
     assert env[logging_setup.VERBOSE_ENV] == "0" and env["TOKENIZERS_PARALLELISM"] == "false"
     assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # a local one-node cluster is never preempted
-    # Ray's own actors ignore the two library-internal deprecations (and nothing else)
-    assert env["PYTHONWARNINGS"].startswith("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning,"
-                                            "ignore:`ExecutionOptions.exclude_resources` is deprecated:")
     loud = init_kwargs(RayConfig(verbose=True), local=False)
     assert loud["logging_level"] == logging.INFO and loud["runtime_env"]["env_vars"][logging_setup.VERBOSE_ENV] == "1"
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in loud["runtime_env"]["env_vars"]  # joined clusters: kept
-    assert "PYTHONWARNINGS" not in loud["runtime_env"]["env_vars"]
 
 
 def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
