@@ -56,6 +56,7 @@ def plot(curves: dict, path: str | Path, title: str = "") -> str:
     """Draw loss and accuracy (train per step, eval per evaluation) side by side into a PNG; returns its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -67,6 +68,7 @@ def plot(curves: dict, path: str | Path, title: str = "") -> str:
             if points:
                 ax.plot(*zip(*points), label=name, **style)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(field)
         ax.grid(alpha=0.3)
         if ax.lines:
