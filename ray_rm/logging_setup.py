@@ -30,7 +30,8 @@ RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 # Deprecations one library raises about another's use of it: nothing a ray_rm user can change (message start,
 # category). Only for processes that run ``configure``: in Ray's own actors Ray re-enables its deprecation
 # warnings when it is imported, so a PYTHONWARNINGS filter would not hold there.
-LIBRARY_DEPRECATIONS = (("`is_gradient_checkpointing` is deprecated", FutureWarning),)  # peft -> transformers 5
+LIBRARY_DEPRECATIONS = (("`is_gradient_checkpointing` is deprecated", FutureWarning),  # peft -> transformers 5
+                        ("`torch.distributed.all_gather_into_tensor` is deprecated", FutureWarning))  # DeepSpeed
 
 
 def library_level(verbose: bool) -> int:

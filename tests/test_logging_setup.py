@@ -92,6 +92,7 @@ def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
     assert logging.getLogger(logging_setup.RAY_DATA_PROGRESS_LOGGER).level == logging.ERROR
     with warnings.catch_warnings(record=True) as seen:
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use ...", FutureWarning)
         warnings.warn("something else is deprecated", FutureWarning)  # any other warning stays
         warnings.warn("a real problem", UserWarning)
     assert [str(w.message) for w in seen] == ["something else is deprecated", "a real problem"]
