@@ -47,6 +47,8 @@ class RayConfig:
                                      "'local' always starts one; anything else is passed to ray.init")
     num_cpus: int = opt(0, "logical CPUs of a locally started Ray (0 = max(4, cores), so data actors and "
                            "workers fit on small machines)")
+    verbose: bool = opt(False, "also print the INFO logs of Ray, Ray Data, Ray Train, DeepSpeed and transformers "
+                               "(default: ray_rm's progress and results, and every warning and error)")
 
 
 @dataclass
@@ -168,7 +170,8 @@ class ScoringOptions:
     gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
     dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16", DTYPES)
     attn_implementation: str = opt("auto", "attention kernel, as model.attn_implementation", ATTENTION)
-    progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
+    progress: bool = opt(True, "show a row progress bar with rows/s and ETA on stderr (redrawn in place on a "
+                                     "terminal, a line every 10 s in logs)")
 
 
 @dataclass

@@ -72,7 +72,8 @@ def plot_before_after(before: dict, after: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_prm_demo(output_dir: str = "outputs/demo-prm", quick: bool = False, overrides: list | None = None) -> dict:
+def run_prm_demo(output_dir: str = "outputs/demo-prm", quick: bool = False, overrides: list | None = None,
+                 verbose: bool = False) -> dict:
     from ray_rm.config_schema import RayConfig
     from ray_rm.ray_utils import init_ray
     from ray_rm.train.driver import run_training
@@ -80,7 +81,7 @@ def run_prm_demo(output_dir: str = "outputs/demo-prm", quick: bool = False, over
     root = Path(output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    init_ray(RayConfig(address="local"))
+    init_ray(RayConfig(address="local", verbose=verbose))
     cfg = load_config(TrainJobConfig, DEMO_TRAIN_CONFIG, [f"output_dir={root / 'train'}", *PRM_TRAIN,
                                                            *(QUICK if quick else []), *(overrides or [])])
     size = 24 if quick else EVAL_SIZE

@@ -22,8 +22,9 @@ from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
 from ray_rm.eval.rewardbench2 import rewardbench2_scores
+from ray_rm.progress import ProgressBar
 from ray_rm.scoring.examples import ResponseScores, score_examples
-from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.pool import map_tasks, resolve_gpus
 from ray_rm.scoring.scorer import make_scorer
 from ray_rm.validation import validate
 
@@ -85,7 +86,7 @@ def score_dataset(job: EvalJobConfig) -> tuple[list[ScoredExample], DropReport]:
     init_ray(job.ray)
     gpus = resolve_gpus(cfg.gpus_per_actor)
     items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
-    progress = Progress(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
+    progress = ProgressBar(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
     by_task: dict[int, list] = {}
     report = DropReport()
     ctor = {"cfg": cfg, "on_error": data.on_error, "gpus": gpus}

@@ -60,7 +60,7 @@ def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = N
                         f"{str(dtype).removeprefix('torch.')} on {device_type}: {'; '.join(notes)}{hint}; "
                         "use 'auto' to pick a backend that can")
     for note in notes:
-        log.info("attention backend %s passed over: %s", *note.split(": ", 1))
+        log.debug("attention backend %s passed over: %s", *note.split(": ", 1))  # shown with --verbose
     return attention.ATTN_NAME, backend
 
 
