@@ -89,7 +89,9 @@ def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None =
     from ray_rm.ray_utils import install_stop_handler, last_stop_signal, shutdown_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers_before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     install_stop_handler()
+    ray_was_connected = _ray_connected()  # a caller's own connection (a notebook, a test session) is not ours to end
     code = 0
     try:
         main(argv)
@@ -101,9 +103,17 @@ def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None =
         print(f"interrupted by {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
         code = 128 + signum
     finally:
-        _shutdown_quietly(shutdown_ray)
+        if not ray_was_connected:
+            _shutdown_quietly(shutdown_ray)
+        for signum, handler in handlers_before.items():  # a caller in the same process gets its handlers back
+            signal.signal(signum, handler)
     if code:
         sys.exit(code)
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # not imported yet: certainly not connected (and no import cost for --help)
+    return ray is not None and ray.is_initialized()
 
 
 def _shutdown_quietly(shutdown: Callable[[], None]) -> None:

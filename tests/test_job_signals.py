@@ -121,6 +121,7 @@ def test_library_use_gets_its_own_signal_handlers_back_after_shutdown():
     import ray
 
     from ray_rm.config_schema import RayConfig
+    from ray_rm.cli import run_job
     from ray_rm.ray_utils import init_ray, shutdown_ray
 
     if ray.is_initialized():
@@ -130,6 +131,8 @@ def test_library_use_gets_its_own_signal_handlers_back_after_shutdown():
     try:
         init_ray(RayConfig(address="local", num_cpus=1))
         assert signal.getsignal(signal.SIGTERM) is not marker  # the job's stop handler is in place
+        run_job(lambda argv: None, [])  # a job run inside a process already connected to Ray
+        assert ray.is_initialized()  # leaves that connection to its owner
         shutdown_ray()
         assert signal.getsignal(signal.SIGTERM) is marker and signal.getsignal(signal.SIGINT) is marker
     finally:
