@@ -45,6 +45,9 @@ class PackedRow:
     group_common_lens: list[int] = field(default_factory=list)  # common token prefix of the group's sequences
     group_margins: list[float] = field(default_factory=list)  # NaN when none
     group_subsets: list[str] = field(default_factory=list)
+    # attribute head: k ratings per sequence, flattened row-major ([N * k]; NaN = not rated, masked out of the
+    # loss; a pair's sequences in a mixed run are all NaN); empty when the run trains no attribute head
+    seq_attributes: list[float] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

@@ -35,6 +35,7 @@ class PackSettings:
     tokenizer_path: str
     share_prompt: bool
     seed: int | None = None
+    attributes: tuple = ()  # model.head=attributes: the attribute names (rated rows are read and packed)
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
@@ -71,7 +72,7 @@ def make_encoder(tokenizer_path: str, data_cfg: DataConfig):
 def prepare_and_pack(task: ReadTask, task_index: int, encoder, data_cfg: DataConfig,
                      settings: PackSettings) -> pa.Table:
     """The work of one task; the same function backs the Ray stage and the direct (Ray-free) reference."""
-    groups, report = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+    groups, report = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed, settings.attributes)
     rows = list(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
     return rows_to_table(rows, report, task_index)
 
@@ -122,7 +123,8 @@ def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSet
     encoder = make_encoder(settings.tokenizer_path, data_cfg)
     rows, report = [], DropReport()
     for i, task in enumerate(ordered_tasks(files, data_cfg, settings.seed)):
-        groups, rep = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+        groups, rep = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
+                                   settings.attributes)
         rows.extend(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
         report.merge(rep)
     return rows, report

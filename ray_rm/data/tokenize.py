@@ -31,6 +31,7 @@ class TokenizedGroup:
     margin: float = math.nan
     scores: list = field(default_factory=list)
     subset: str = ""
+    attributes: list = field(default_factory=list)  # attribute head: k ratings per sequence (NaN = none), or empty
 
     def num_tokens(self, share_prompt: bool) -> int:
         total = sum(len(s) for s in self.sequences)

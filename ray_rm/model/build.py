@@ -120,6 +120,9 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.combiner is not None:
+        model.combiner = head_kind.combiner(cfg, hf_config)
+        model.combiner.check_head(model.head)
     head = model.head
     torch.manual_seed(seed)
     std = cfg.head_init_std or 1.0 / math.sqrt(hf_config.hidden_size + 1)
@@ -186,5 +189,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     attention.register()
     clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.combiner is not None:
+        model.combiner = head_kind.combiner(None, hf_config)
     model.head.float()
     return model.to(device).eval()

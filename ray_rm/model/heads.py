@@ -54,6 +54,9 @@ class HeadKind:
     hf_class: str  # transformers Auto class that loads the export
     config_entries: Callable[[int], dict]  # (head width) -> HF config attributes of the export
     answer: Callable[[list], dict]  # per-item outputs -> named fields of a serve / eval answer
+    # (model_cfg or None, HF config) -> a module turning the head's output into (rewards, per-item vectors), for
+    # heads whose reward is computed from several outputs (attributes); None: the output is the reward
+    combiner: Callable[[object, object], torch.nn.Module] | None = None
 
 
 HEADS: dict[str, HeadKind] = {}
@@ -85,4 +88,25 @@ SCALAR = register_head(HeadKind(
     losses=("bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise"),
     hf_class="AutoModelForSequenceClassification", config_entries=lambda width: {"num_labels": width},
     answer=lambda values: {"rewards": list(values)},
+))
+
+
+# ---------------------------------------------------------------------------------------------- attributes
+def _attribute_combiner(model_cfg, hf_config):
+    from ray_rm.model.attribute_head import build_combiner
+
+    return build_combiner(model_cfg, hf_config)
+
+
+def _attribute_width(model_cfg, hf_config) -> int:
+    from ray_rm.model.attribute_head import attribute_width
+
+    return attribute_width(model_cfg, hf_config)
+
+
+ATTRIBUTES = register_head(HeadKind(
+    name="attributes", width=_attribute_width, positions=_scalar_positions, output=lambda v: v,
+    targets=("seq_attributes",), losses=("attribute_mse", "attribute_mse_bt"),
+    hf_class="AutoModelForSequenceClassification", config_entries=lambda width: {"num_labels": width},
+    answer=lambda values: {"rewards": list(values)}, combiner=_attribute_combiner,
 ))
