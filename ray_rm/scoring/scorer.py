@@ -86,6 +86,11 @@ class RewardScorer:
         combiner = self.model.combiner
         return combiner.weights.tolist() if combiner is not None else None
 
+    def weigh(self, outputs: list[list[float]], weights: list[float] | None = None) -> list[float]:
+        """An attribute model's reward per item: ``weights`` (default: the model's) . its attribute values."""
+        weights = self.attribute_weights if weights is None else weights
+        return [sum(w * a for w, a in zip(weights, vec)) for vec in outputs]
+
     def score_groups(self, groups: list[list[list[int]]]) -> list[list[float]]:
         """Rewards for groups of sequences (e.g. the k responses of one prompt), in input order.
 

@@ -24,11 +24,6 @@ def request_weights(names: list[str], model_weights: list[float], override: dict
     return [float(override.get(n, 0.0)) for n in names]
 
 
-def weighted_rewards(outputs: list[list[float]], weights: list[float]) -> list[float]:
-    """w . a for every item's attribute vector."""
-    return [sum(w * a for w, a in zip(weights, vec)) for vec in outputs]
-
-
 def attribute_answer(member_outputs: list[list[list[float]]], names: list[str]) -> list[dict]:
     """[{name: value}] per item: the members' mean attribute values (one member: its own)."""
     k = len(member_outputs)

@@ -13,7 +13,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from ray_rm.serve.attribute_answers import attribute_answer, request_weights, weighted_rewards
+from ray_rm.serve.attribute_answers import attribute_answer, request_weights
 from ray_rm.serve.batcher import TokenBatcher
 from ray_rm.serve.config import ServeConfig
 from ray_rm.serve.inputs import InputError, ScoreRequest
@@ -138,7 +138,7 @@ class ScoringEngine:
             if req.weights is not None:
                 raise InputError("'weights' applies to attribute reward models only; this one outputs one reward")
             return member_values, None
-        rewards = [weighted_rewards(values, request_weights(self.attribute_names, m.attribute_weights, req.weights))
+        rewards = [m.weigh(values, request_weights(self.attribute_names, m.attribute_weights, req.weights))
                    for m, values in zip(self.members, member_values)]
         return rewards, attribute_answer(member_values, self.attribute_names)
 
