@@ -19,9 +19,19 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="outputs/demo", help="where every stage writes (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a few training steps and rows: checks the path, "
                                                             "not the quality")
+    parser.add_argument("--attributes", action="store_true",
+                        help="the multi-objective demo instead: an attribute reward model (model.head=attributes) "
+                             "on built-in rated answers, per-attribute correlation before and after training "
+                             "(ray_rm/configs/demo_attributes.yaml; default output-dir outputs/demo_attributes)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training overrides on top of ray_rm/configs/demo.yaml")
     args = parser.parse_args(argv)
+    if args.attributes:
+        from ray_rm.demo_attributes import run_attribute_demo
+
+        output = args.output_dir if args.output_dir != parser.get_default("output_dir") else "outputs/demo_attributes"
+        run_attribute_demo(output, args.quick, args.overrides)
+        return
     from ray_rm.demo import run_demo
 
     run_demo(args.output_dir, args.quick, args.overrides)
