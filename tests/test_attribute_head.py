@@ -204,3 +204,23 @@ def test_export_gives_plain_transformers_the_attribute_values(tmp_path, tiny_dec
         again = loaded(batch)
     assert torch.allclose(again.attributes, trained.attributes, atol=1e-4)
     assert torch.allclose(again.rewards, trained.rewards, atol=1e-4)
+
+
+def test_config_validation_names_the_attribute_keys():
+    from ray_rm.config import ConfigError, load_config
+    from ray_rm.config_schema import TrainJobConfig
+    from ray_rm.validation import validate
+
+    def check(*overrides):
+        validate(load_config(TrainJobConfig, None, list(overrides)))
+
+    check("model.head=attributes", "train.loss=attribute_mse", "model.attributes=[a,b]", "model.attribute_stds=[1,2]")
+    with pytest.raises(ConfigError, match="train.loss 'bt' does not train a model.head=attributes head"):
+        check("model.head=attributes", "train.loss=bt")
+    with pytest.raises(ConfigError, match="settings of model.head=attributes, not scalar"):
+        check("model.attributes=[a]")
+    with pytest.raises(ConfigError, match="model.attribute_weights has 1 values but model.attributes names 2"):
+        check("model.head=attributes", "train.loss=attribute_mse", "model.attributes=[a,b]", "model.attribute_weights=[1]")
+    with pytest.raises(ConfigError, match="sequence_parallel_size=1"):
+        check("model.head=attributes", "train.loss=attribute_mse", "train.num_workers=2",
+              "train.sequence_parallel_size=2")
