@@ -29,8 +29,9 @@ the train loop, the step or the serve engine):
     attribute names in the model config (or the checkpoint's ``id2label``); ``positions`` as ``scalar``; ``output`` ``[N, k]``;
     ``targets`` ``("seq_attributes",)`` (NaN = missing, masked); ``losses`` ``("attribute_mse",
     "attribute_mse_bt")``, the BT term on ``weights · attributes``; ``config_entries`` ``num_labels=k``
-    plus ``id2label`` (the names and weights also go to the export's ``ray_rm`` entry); ``answer`` ``{"rewards": w · a, "attributes":
-    {name: [...]}}``.
+    plus ``id2label`` (the names and weights also go to the export's ``ray_rm`` entry); ``combiner``
+    ``model/attribute_head.py`` (weights, normalisation; rewards = w · a); serve adds ``"attributes":
+    [{name: value}]`` (``serve/attribute_answers.py``).
 """
 from __future__ import annotations
 
@@ -54,8 +55,9 @@ class HeadKind:
     hf_class: str  # transformers Auto class that loads the export
     config_entries: Callable[[int], dict]  # (head width) -> HF config attributes of the export
     answer: Callable[[list], dict]  # per-item outputs -> named fields of a serve / eval answer
-    # (model_cfg or None, HF config) -> a module turning the head's output into (rewards, per-item vectors), for
-    # heads whose reward is computed from several outputs (attributes); None: the output is the reward
+    # (model_cfg or None, HF config) -> a module turning the head's [n, width] output into (per-item values
+    # [n, width], rewards [n]), for heads whose reward is computed from several outputs (attributes: w . a);
+    # None: the output is the reward
     combiner: Callable[[object, object], torch.nn.Module] | None = None
 
 
