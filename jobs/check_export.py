@@ -1,3 +1,4 @@
+# Thin entry point (the docstring is its --help text); it must hold no checking logic (ray_rm/model/export_check.py).
 """Check that an exported reward model gives ray_rm's reward to every consumer: ``python jobs/check_export.py PATH``.
 
 Scores built-in examples (plain text, prompt + response, hh-style text, chat messages, a text ending in

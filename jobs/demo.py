@@ -1,3 +1,4 @@
+# Thin entry point (the docstring is its --help text); it must hold no demo logic (ray_rm/demo.py).
 """The end-to-end demo: train -> serve -> relabel -> eval on the built-in data (``make demo``).
 
   python jobs/demo.py [--output-dir outputs/demo] [--quick] [train.key=value ...]

@@ -1,3 +1,5 @@
+# Thin entry point (the docstring is its --help text);
+# it must hold no eval logic (ray_rm/eval/), no config rules (ray_rm/validation.py).
 """Evaluate a reward model on preference data or k-way rankings, on Ray Data.
 
   python jobs/eval_rm.py eval.model_path=outputs/demo/hf data.eval_files=test.jsonl output_dir=outputs/eval

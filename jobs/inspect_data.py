@@ -1,3 +1,4 @@
+# Thin entry point (the docstring is its --help text); it must hold no data logic (ray_rm/data/stats.py), no Ray.
 """Inspect preference data before training: drops by reason, token lengths, packing vs padding, prompt sharing.
 
   python jobs/inspect_data.py --data train.jsonl --tokenizer smollm2-135m-instruct

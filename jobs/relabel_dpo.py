@@ -1,3 +1,5 @@
+# Thin entry point (the docstring is its --help text);
+# it must hold no relabel logic (ray_rm/relabel/), no config rules (ray_rm/validation.py).
 """Relabel preference data with a reward model on Ray Data (pairs-from-candidates | rejudge | best-of-n).
 
   python jobs/relabel_dpo.py relabel.model_path=outputs/demo/hf relabel.input_files=cands.jsonl \

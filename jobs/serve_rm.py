@@ -1,3 +1,5 @@
+# Thin entry point (the docstring is its --help text);
+# it must hold no server logic (ray_rm/serve/), no config rules (ray_rm/validation.py).
 """Serve a reward model over HTTP (and to in-cluster callers) with Ray Serve until interrupted.
 
     python jobs/serve_rm.py serve.model_path=outputs/demo/hf serve.port=8000

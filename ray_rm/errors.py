@@ -1,4 +1,7 @@
-"""Errors a user can fix. Jobs print them as one line; everything else is a bug and keeps its trace."""
+"""Errors a user can fix. Jobs print them as one line; everything else is a bug and keeps its trace.
+
+It must not import anything heavy (every module, pure ones included, imports it).
+"""
 from __future__ import annotations
 
 
@@ -18,3 +21,12 @@ class DataError(UserError):
 
 class ExportCheckError(UserError):
     """An exported checkpoint gives a consumer a different reward than ray_rm (see model/export_check.py)."""
+
+
+def lookup(registry: dict, name: str, setting: str):
+    """``registry[name]``; an unknown name is a UserError naming the setting and every registered name (the one
+    lookup of every registry: losses, heads)."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise UserError(f"{setting} '{name}' is unknown; choose one of {', '.join(registry)}") from None

@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ray_rm.errors import UserError
+from ray_rm.errors import lookup
 from ray_rm.model.batch import ModelBatch
 from ray_rm.model.reward_model import RewardOutput
 
@@ -98,10 +98,7 @@ def register_loss(name: str, terms: tuple, needs_token_values: bool = False):
 
 
 def get_loss(name: str) -> Loss:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise UserError(f"train.loss '{name}' is unknown; choose one of {', '.join(LOSSES)}") from None
+    return lookup(LOSSES, name, "train.loss")
 
 
 def _pair_diff(out: RewardOutput, batch: ModelBatch) -> torch.Tensor:

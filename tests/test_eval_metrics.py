@@ -11,14 +11,31 @@ from ray_rm.eval import metrics as M
 
 
 def _ref_ece(d, bins, T=1.0):
-    """ECE written independently: loop over pairs, confidence bins on [0.5, 1]."""
-    buckets = [[] for _ in range(bins)]
+    """ECE written independently of the implementation's index arithmetic: each pair's confidence
+    sigmoid(|d| / T) is placed by comparing it with explicit bin edges 0.5 + 0.5 k / bins (the last bin
+    closed), then each bin's |mean correctness - mean confidence| is weighted by its share of pairs."""
+    edges = [0.5 + 0.5 * k / bins for k in range(bins + 1)]
+    members = {k: [] for k in range(bins)}
     for x in d:
-        p = 1 / (1 + math.exp(-x / T))
-        conf = max(p, 1 - p)
-        b = min(int((conf - 0.5) * 2 * bins), bins - 1)
-        buckets[b].append((conf, 1.0 if x > 0 else 0.0))
-    return sum(len(b) / len(d) * abs(np.mean([c for _, c in b]) - np.mean([c for c, _ in b])) for b in buckets if b)
+        conf = 1 / (1 + math.exp(-abs(x) / T))
+        k = next(k for k in range(bins) if edges[k] <= conf < edges[k + 1] or (k == bins - 1 and conf <= 1.0))
+        members[k].append((conf, 1.0 if x > 0 else 0.0))
+    total = 0.0
+    for pairs in members.values():
+        if pairs:
+            confidence = sum(c for c, _ in pairs) / len(pairs)
+            accuracy = sum(a for _, a in pairs) / len(pairs)
+            total += len(pairs) / len(d) * abs(accuracy - confidence)
+    return total
+
+
+def test_ece_by_hand():
+    """sigmoid(ln 1.5) = 0.6, sigmoid(ln 4) = 0.8; a tie has confidence 0.5 and counts as wrong. With two bins
+    [0.5, 0.75) and [0.75, 1]: bin 1 holds confidences 0.6 (right) and 0.5 (tie): |0.5 - 0.55| = 0.05; bin 2 holds
+    0.8 right and 0.8 wrong: |0.5 - 0.8| = 0.3; ECE = 2/4 * 0.05 + 2/4 * 0.3 = 0.175."""
+    d = np.array([math.log(1.5), 0.0, math.log(4.0), -math.log(4.0)])
+    assert M.reliability(d, 2)["ece"] == pytest.approx(0.175, abs=1e-12)
+    assert [b["count"] for b in M.reliability(d, 2)["bins"]] == [2, 2]
 
 
 def test_pairwise_metrics_match_reference():

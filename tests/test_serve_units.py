@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 
 import pytest
@@ -188,6 +187,9 @@ def test_combine_single_and_ensemble():
     assert two["rewards"] == [1.25, 0.5] and two["raw_rewards"] == [2.5, 2.5]
     clipped = combine([[3.0, -9.0]], stats[1:], normalize=False, penalty=1.0, clip=2.0)
     assert clipped["rewards"] == [2.0, -2.0]
+    # the default penalty is the documented k = 1: reward = mean - std
+    default = combine([[3.0, 5.0], [2.0, 0.0]], stats, normalize=True, penalty=ServeConfig().ensemble_penalty, clip=0.0)
+    assert default["rewards"] == [1.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------ engine (real model)
@@ -339,12 +341,21 @@ def test_cluster_serve_config_is_a_valid_serve_deploy_file(exported_tiny_rm):
     assert app["import_path"] == "ray_rm.serve.app:app_builder"
     args = json.loads(json.dumps(app["args"]))
     args["serve"]["model_path"] = exported_tiny_rm
-    assert app_builder(args) is not None  # the args are valid ServeConfig keys
-    from ray_rm.config import ConfigError
+    from ray import serve
 
+    from ray_rm.config import ConfigError, from_dict
+    from ray_rm.serve.app import deployment_options
+
+    assert isinstance(app_builder(args), serve.Application)  # the args are valid ServeConfig keys, and pass validation
+    cfg = from_dict(ServeConfig, args["serve"], "serve.")
+    assert {k: getattr(cfg, k) for k in args["serve"]} == args["serve"]  # every key in the file reaches the config
+    opts = deployment_options(cfg)  # max_replicas > num_replicas in the file: autoscaling, no fixed replica count
+    assert opts["autoscaling_config"] == {"min_replicas": args["serve"]["num_replicas"],
+                                          "max_replicas": args["serve"]["max_replicas"],
+                                          "target_ongoing_requests": args["serve"]["target_ongoing_requests"]}
+    assert "num_replicas" not in opts and opts["ray_actor_options"]["num_gpus"] == args["serve"]["num_gpus"]
     with pytest.raises(ConfigError, match="serve.model_pth"):
         app_builder({"serve": {"model_pth": "x"}})
-    assert math.isfinite(ServeConfig().ensemble_penalty)
 
 
 def test_wait_until_healthy_stops_when_the_server_process_is_gone_or_never_answers():

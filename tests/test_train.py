@@ -20,6 +20,27 @@ def epoch_losses(metrics):
     return [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
 
 
+def eval_accuracy_by_transformers(cfg, hf_dir) -> tuple[float, int]:
+    """An independent eval: every kept eval pair, tokenized as training tokenizes it (``prepare.process_task``),
+    each sequence scored alone by plain transformers; (fraction of pairs ranked right, ties wrong; pairs)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from ray_rm.data.pipeline import make_encoder, ordered_tasks
+    from ray_rm.data.prepare import process_task
+
+    encoder = make_encoder(cfg.model.name_or_path, cfg.data)
+    clf = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    wins = []
+    for task in ordered_tasks(cfg.data.eval_files, cfg.data, None):
+        groups, _ = process_task(task, encoder, cfg.data, share_prompt=False)
+        for g in groups:
+            with torch.no_grad():
+                r = [clf(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in g.sequences]
+            best = g.ranks.index(min(g.ranks))
+            wins += [r[best] > r[j] for j in range(len(r)) if g.ranks[j] > g.ranks[best]]
+    return sum(wins) / len(wins), len(wins)
+
+
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, tiny_decoder_dir, tmp_path, zero_stage):
     out = tmp_path / f"zero{zero_stage}"
@@ -28,8 +49,10 @@ def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, ti
     losses = epoch_losses(read_metrics(out))
     assert len(losses) == 5 and losses[-1] < losses[0] - 0.05, losses
     kept = summary["data"]["drop_report"]["train"]["rows_kept"]
-    assert 40 <= kept <= 48 and summary["steps"] > 0 and summary["pairs_seen"] == 5 * kept
-    assert 0.0 <= summary["final_metrics"]["eval/rm/accuracy"] <= 1.0
+    steps_per_epoch = -(-summary["data"]["train_rows_packed"] // 2)  # 2 data-parallel workers, 1 row per step each
+    assert 40 <= kept <= 48 and summary["steps"] == 5 * steps_per_epoch and summary["pairs_seen"] == 5 * kept
+    accuracy, pairs = eval_accuracy_by_transformers(tiny_config(tiny_decoder_dir, out), out / "hf")
+    assert pairs >= 40 and summary["final_metrics"]["eval/rm/accuracy"] == pytest.approx(accuracy, abs=1.01 / pairs)
     assert json.loads((out / "summary.json").read_text())["hf_checkpoint"] == str(out / "hf")
     check = summary["export_check"]  # the self-test ran on training examples + the built-in ones
     assert check["passed"] and check["items"] >= 8 and check["max_abs_diff"] < 1e-4, check
@@ -82,7 +105,7 @@ def test_encoder_reward_model_trains_and_exports(ray_local, tiny_encoder_dir, tm
 
     out = tmp_path / "encoder"
     summary = run_training(tiny_config(tiny_encoder_dir, out, **{"data.max_length": 256, "train.zero_stage": 1}))
-    assert summary["steps"] > 0
+    assert summary["steps"] == -(-summary["data"]["train_rows_packed"] // 2)  # one epoch, 2 workers, 1 row each
     clf = AutoModelForSequenceClassification.from_pretrained(out / "hf").eval()
     assert type(clf).__name__ == "BertForSequenceClassification"
     scorer = RewardScorer(str(out / "hf"))

@@ -1,5 +1,7 @@
 """The built-in demo preference set: questions whose answers a program can check.
 
+It must stay pure and deterministic (no Ray, no torch, no files): row i depends only on (set name, i).
+
 It ships inside the package, so the demo runs anywhere without ../shared or a hub. Each row has a
 correct answer (chosen) and a plausibly wrong one (rejected), from four families:
   case          "Write the word 'river' in capital letters."        RIVER                     vs river / River

@@ -1,5 +1,7 @@
 """Normalize every supported preference-row format into one canonical ``PreferenceExample``.
 
+Pure: it must not import Ray, torch or a tokenizer, read files, or filter for quality (``quality.py``).
+
 Supported rows (JSON objects):
   * implicit prompt text pairs   ``{"chosen": str, "rejected": str}`` (HH-RLHF; the shared prefix is the prompt)
   * explicit prompt              ``{"prompt": str, "chosen": str, "rejected": str}``
@@ -101,7 +103,7 @@ def messages_to_dicts(messages: tuple) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- parsing
-class _Row:
+class RowLocator:
     """Carries source/row so every check can name where it failed."""
 
     def __init__(self, source: str, row: int):
@@ -116,7 +118,7 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
-def _valid_unicode(where: _Row, field: str, value: str) -> str:
+def _valid_unicode(where: RowLocator, field: str, value: str) -> str:
     """JSON escapes can smuggle in lone UTF-16 surrogates; tokenizers reject them with a bare TypeError."""
     try:
         value.encode("utf-8")
@@ -126,7 +128,7 @@ def _valid_unicode(where: _Row, field: str, value: str) -> str:
     return value
 
 
-def _text(where: _Row, field: str, value: Any, allow_empty: bool = False) -> str:
+def _text(where: RowLocator, field: str, value: Any, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise where.error(field, f"expected a string, got {_describe(value)}")
     if not allow_empty and not value.strip():
@@ -134,7 +136,7 @@ def _text(where: _Row, field: str, value: Any, allow_empty: bool = False) -> str
     return _valid_unicode(where, field, value)
 
 
-def _message_content(where: _Row, field: str, content: Any) -> str:
+def _message_content(where: RowLocator, field: str, content: Any) -> str:
     if isinstance(content, str):
         return _valid_unicode(where, field, content)
     if isinstance(content, list):  # OpenAI-style content parts: keep the text parts
@@ -147,7 +149,7 @@ def _message_content(where: _Row, field: str, content: Any) -> str:
     raise where.error(field, f"message content must be a string, got {_describe(content)}")
 
 
-def _messages(where: _Row, field: str, value: Any) -> tuple:
+def _messages(where: RowLocator, field: str, value: Any) -> tuple:
     if not isinstance(value, list) or not value:
         raise where.error(field, f"expected a non-empty list of {{'role', 'content'}} messages, got {_describe(value)}")
     out = []
@@ -166,7 +168,7 @@ def _messages(where: _Row, field: str, value: Any) -> tuple:
     return tuple(out)
 
 
-def _content(where: _Row, field: str, value: Any) -> Content:
+def _content(where: RowLocator, field: str, value: Any) -> Content:
     if isinstance(value, list):
         return _messages(where, field, value)
     if isinstance(value, str):
@@ -174,7 +176,7 @@ def _content(where: _Row, field: str, value: Any) -> Content:
     raise where.error(field, f"expected a string or a list of {{'role', 'content'}} messages, got {_describe(value)}")
 
 
-def _number(where: _Row, field: str, value: Any) -> float:
+def _number(where: RowLocator, field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(field, f"expected a number, got {_describe(value)}")
     value = float(value)
@@ -198,14 +200,14 @@ def _split_message_prompt(responses: list[tuple]) -> int:
     return common_prefix_len(responses, keep_own=1)
 
 
-def _check_response_turns(where: _Row, field: str, response: tuple) -> None:
+def _check_response_turns(where: RowLocator, field: str, response: tuple) -> None:
     if response[-1][0] != "assistant":
         raise where.error(field, f"the last message must be from the assistant, got role '{response[-1][0]}'")
     if not response[-1][1].strip():
         raise where.error(field, "the last assistant message is empty or whitespace only")
 
 
-def _ranked_order(where: _Row, raw: dict, k: int) -> tuple[list[int], list[int], list[float] | None]:
+def _ranked_order(where: RowLocator, raw: dict, k: int) -> tuple[list[int], list[int], list[float] | None]:
     """Order (best first) and ranks of k responses from ``ranking`` or ``scores``."""
     has_ranking, has_scores = "ranking" in raw, "scores" in raw
     if has_ranking == has_scores:
@@ -237,7 +239,7 @@ def _ranked_order(where: _Row, raw: dict, k: int) -> tuple[list[int], list[int],
 
 def normalize_row(raw: Any, source: str, row: int) -> PreferenceExample:
     """Turn one input row of any supported format into a ``PreferenceExample`` (or raise ``DataError``)."""
-    where = _Row(source, row)
+    where = RowLocator(source, row)
     if not isinstance(raw, dict):
         raise where.error("", f"expected a JSON object, got {_describe(raw)}")
     # Columnar sources (Parquet, saved datasets) give every row every column, null where a row has no
@@ -288,7 +290,7 @@ def _is_response_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and not isinstance(value[0], dict)
 
 
-def _best_of_n(where: _Row, raw: dict, example_id: str, subset: str | None) -> PreferenceExample:
+def _best_of_n(where: RowLocator, raw: dict, example_id: str, subset: str | None) -> PreferenceExample:
     """RewardBench 2's row: every chosen response is tied best (rank 0), every rejected tied worst (rank 1)."""
     groups = {}
     for key in ("chosen", "rejected"):
@@ -309,7 +311,7 @@ def _best_of_n(where: _Row, raw: dict, example_id: str, subset: str | None) -> P
                              row_id=None if row_id is None else str(row_id))
 
 
-def _prompt(where: _Row, raw: dict, responses: list) -> Content:
+def _prompt(where: RowLocator, raw: dict, responses: list) -> Content:
     """Resolve the prompt (explicit or implicit) and strip an implicit one from the responses in place."""
     chat = isinstance(responses[0], tuple)
     if any(isinstance(r, tuple) != chat for r in responses):
@@ -348,7 +350,7 @@ def normalize_candidates(raw: Any, source: str, row: int, min_responses: int = 2
     any ``ranking``/``scores`` in the row is ignored. Without a ``prompt`` the responses' common prefix
     is the prompt (as for pairs); a single response then needs an explicit prompt.
     """
-    where = _Row(source, row)
+    where = RowLocator(source, row)
     if not isinstance(raw, dict):
         raise where.error("", f"expected a JSON object, got {_describe(raw)}")
     # Columnar sources (Parquet, saved datasets) give every row every column, null where a row has no
@@ -381,4 +383,4 @@ def parse_messages(value: Any, field: str = "messages") -> tuple:
     Same rules as rows (known roles, text or text-part content, valid Unicode); returns (role, content)
     tuples or raises ``DataError`` naming ``field``.
     """
-    return _messages(_Row("", None), field, value)
+    return _messages(RowLocator("", None), field, value)

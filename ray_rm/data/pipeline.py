@@ -1,5 +1,7 @@
 """The Ray Data graph: read tasks -> (normalize, filter, tokenize, pack) on an actor pool -> packed rows.
 
+It must not hold the per-task logic (``prepare.py``), the packing algorithm (``packer.py``) or config rules.
+
 Each read task (a row range of one source) is prepared and packed by one actor call, so the result
 is a deterministic function of (data, config, seed): task order is shuffled on the driver with the
 seed, rows are shuffled within a task, and ``preserve_order`` keeps the stream in that order.

@@ -1,5 +1,7 @@
 """One read task end to end, without Ray: read -> normalize -> quality filter -> tokenize -> budget check.
 
+It must not import Ray or torch, and must not pack (``packer.py``) or validate config (``ray_rm/validation.py``).
+
 The Ray Data pipeline runs this per task on an actor pool; tools and tests call it directly. It
 returns the kept groups and a ``DropReport`` in which every row read is either kept or counted.
 """

@@ -1,5 +1,7 @@
 """Data-quality filters and the drop report: every row that does not reach training is counted by reason.
 
+It must not parse rows (``formats.py``) or tokenize; it judges normalized examples and counts.
+
 Reasons are stable strings so reports can be compared across runs:
   invalid:<field>   malformed row (the message names file, row and field)
   identical         two responses of a row are identical

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray_rm.data.formats import (Content, _check_response_turns, _content, _content_from_json, _content_to_json,
-                                 _describe, _messages, _number, _Row, _text)
+                                 _describe, _messages, _number, RowLocator, _text)
 from ray_rm.data import row_fields
 
 RESERVED_FIELDS = ("prompt", "response", "subset", "id", "scores")
@@ -62,7 +62,7 @@ class AttributeSchema:
     @classmethod
     def from_row(cls, raw: Any, source: str = "", row: int | None = None) -> "AttributeSchema":
         """The attribute names of one rated row (the first row of a file), in the row's order."""
-        where = _Row(source, row)
+        where = RowLocator(source, row)
         if not isinstance(raw, dict):
             raise where.error("", f"expected a JSON object, got {_describe(raw)}")
         names = list(_raw_attributes(where, raw))
@@ -102,7 +102,7 @@ class RatedExample:
                    tuple(rec["names"]), tuple(rec["values"]), rec.get("subset"), rec.get("row_id"))
 
 
-def _raw_attributes(where: _Row, raw: dict, names: tuple = ()) -> dict:
+def _raw_attributes(where: RowLocator, raw: dict, names: tuple = ()) -> dict:
     """name -> (field, raw value) of every attribute the row carries.
 
     Nested form: every key of ``scores``. Flat form: every numeric top-level field, plus any field named
@@ -117,7 +117,7 @@ def _raw_attributes(where: _Row, raw: dict, names: tuple = ()) -> dict:
             if k not in RESERVED_FIELDS and (k in names or _is_number(v))}
 
 
-def _prompt_and_response(where: _Row, raw: dict) -> tuple:
+def _prompt_and_response(where: RowLocator, raw: dict) -> tuple:
     for key in ("prompt", "response"):
         if raw.get(key) is None:
             raise where.error(key, "missing; a rated row is {'prompt', 'response', <attribute>: number, ...}")
@@ -135,7 +135,7 @@ def _prompt_and_response(where: _Row, raw: dict) -> tuple:
 
 def normalize_rated_row(raw: Any, source: str, row: int, schema: AttributeSchema) -> RatedExample:
     """Turn one rated row into a ``RatedExample`` over ``schema.names`` (or raise ``DataError``)."""
-    where = _Row(source, row)
+    where = RowLocator(source, row)
     if not isinstance(raw, dict):
         raise where.error("", f"expected a JSON object, got {_describe(raw)}")
     subset = row_fields.optional_string(where, raw, "subset")

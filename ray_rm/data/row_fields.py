@@ -5,10 +5,10 @@ What this module is for: reading ``subset`` and ``id`` the same way in every row
 """
 from __future__ import annotations
 
-from ray_rm.data.formats import _describe, _Row
+from ray_rm.data.formats import _describe, RowLocator
 
 
-def optional_string(where: _Row, raw: dict, key: str) -> str | None:
+def optional_string(where: RowLocator, raw: dict, key: str) -> str | None:
     """``raw[key]`` when it is a string, None when absent or null; anything else is a DataError."""
     value = raw.get(key)
     if value is not None and not isinstance(value, str):
@@ -16,7 +16,7 @@ def optional_string(where: _Row, raw: dict, key: str) -> str | None:
     return value
 
 
-def row_id(where: _Row, raw: dict) -> str | None:
+def row_id(where: RowLocator, raw: dict) -> str | None:
     """The row's own ``id`` (a string or an integer, kept as a string), None when absent or null."""
     value = raw.get("id")
     if value is None:

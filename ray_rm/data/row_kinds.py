@@ -4,7 +4,7 @@ What this module is for: letting one data file (or one run) mix row kinds, e.g. 
 rows with preference pairs, by sending each row to ``formats.normalize_row``,
 ``ratings.normalize_rated_row`` or ``stepwise.normalize_step_row``. It must stay conservative: every
 row that ``formats.normalize_row`` reads today is a "pair", and so is every row that fits no kind
-(its error then comes from ``normalize_row``, as before). It reads keys only; it validates nothing.
+(its error then comes from ``normalize_row``, as before). It reads keys only; it must not validate.
 
 Rules, in order:
   * not an object, or any of ``chosen`` / ``rejected`` / ``responses`` present     -> "pair"

@@ -1,5 +1,7 @@
 """Where preference rows come from: files, folders, saved HF datasets, the hub, and the built-in demo set.
 
+It must not parse rows into examples (``formats.py``) or import Ray; it only finds and reads rows.
+
 The driver plans ``ReadTask``s (row ranges, with byte offsets for JSONL so a task seeks instead of
 rescanning); Ray Data tasks then read their range with ``read_task_rows``. Row numbers are 1-based
 line numbers for JSON Lines and 1-based row indices otherwise, so error messages match an editor.

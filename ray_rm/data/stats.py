@@ -1,5 +1,7 @@
 """What a data set looks like to the reward model, before anyone spends a GPU hour on it.
 
+It must not start Ray or load a model, and must not re-implement the training data path (it calls it).
+
 ``data_stats`` runs the training data path without Ray (plan read tasks -> ``process_task`` -> pack
 each task's groups, exactly like ``direct_packed_rows``) and reports:
   * rows read / kept / dropped by reason (the ``DropReport``);

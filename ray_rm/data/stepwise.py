@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ray_rm.data.formats import Content, _content, _content_from_json, _content_to_json, _describe, _Row, _text
+from ray_rm.data.formats import Content, _content, _content_from_json, _content_to_json, _describe, RowLocator, _text
 from ray_rm.data import row_fields
 
 MATH_SHEPHERD_TAG = "ки"
@@ -88,13 +88,13 @@ class StepExample:
 
 
 # ----------------------------------------------------------------------------------------- parsing
-def _steps(where: _Row, field: str, value: Any) -> tuple:
+def _steps(where: RowLocator, field: str, value: Any) -> tuple:
     if not isinstance(value, list) or not value:
         raise where.error(field, f"expected a non-empty list of step strings, got {_describe(value)}")
     return tuple(_text(where, f"{field}[{i}]", step) for i, step in enumerate(value))
 
 
-def _label(where: _Row, field: str, value: Any) -> bool | None:
+def _label(where: RowLocator, field: str, value: Any) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -102,7 +102,7 @@ def _label(where: _Row, field: str, value: Any) -> bool | None:
     raise where.error(field, f"expected true, false, 0, 1 or null, got {_describe(value)}")
 
 
-def _labels(where: _Row, field: str, value: Any, num_steps: int, steps_field: str,
+def _labels(where: RowLocator, field: str, value: Any, num_steps: int, steps_field: str,
             require: bool) -> tuple:
     if value is None:
         if require:
@@ -116,20 +116,20 @@ def _labels(where: _Row, field: str, value: Any, num_steps: int, steps_field: st
     return tuple(_label(where, f"{field}[{i}]", v) for i, v in enumerate(value))
 
 
-def _prompt(where: _Row, raw: dict) -> Content:
+def _prompt(where: RowLocator, raw: dict) -> Content:
     if "prompt" not in raw:
         raise where.error("prompt", "missing; a stepwise row needs the problem as 'prompt' (text or messages)")
     return _content(where, "prompt", raw["prompt"])
 
 
-def _trl_stepwise(where: _Row, raw: dict, require_labels: bool) -> tuple:
+def _trl_stepwise(where: RowLocator, raw: dict, require_labels: bool) -> tuple:
     prompt = _prompt(where, raw)
     steps = _steps(where, "completions", raw["completions"])
     labels = _labels(where, "labels", raw.get("labels"), len(steps), "completions", require_labels)
     return prompt, (steps,), (labels,)
 
 
-def _several_solutions(where: _Row, raw: dict, require_labels: bool) -> tuple:
+def _several_solutions(where: RowLocator, raw: dict, require_labels: bool) -> tuple:
     prompt = _prompt(where, raw)
     value = raw["solutions"]
     if not isinstance(value, list) or not value:
@@ -149,7 +149,7 @@ def _several_solutions(where: _Row, raw: dict, require_labels: bool) -> tuple:
     return prompt, tuple(solutions), tuple(labels)
 
 
-def _math_shepherd(where: _Row, raw: dict, tag: str, first_step: str) -> tuple:
+def _math_shepherd(where: RowLocator, raw: dict, tag: str, first_step: str) -> tuple:
     """Split ``input`` at the tags; read each step's +/- from ``label`` at the place the tag held."""
     text = _text(where, "input", raw["input"])
     if "label" not in raw:
@@ -196,7 +196,7 @@ def normalize_step_row(raw: Any, source: str, row: int, *, require_labels: bool 
 
     ``step_tag`` and ``first_step_marker`` (a regular expression) configure the Math-Shepherd form.
     """
-    where = _Row(source, row)
+    where = RowLocator(source, row)
     if not isinstance(raw, dict):
         raise where.error("", f"expected a JSON object, got {_describe(raw)}")
     # Columnar sources give every row every column, null where a row has no value: null means absent.

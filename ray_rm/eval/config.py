@@ -1,5 +1,7 @@
 """Settings of the eval job (``jobs/eval_rm.py``): the ``eval`` section and the job root.
 
+Declarations only: it must not hold cross-field rules (``ray_rm/validation.py``).
+
 Input files, row limits and the malformed-row policy come from the shared ``data`` section
 (``data.eval_files``, ``data.limit``, ``data.rows_per_read_task``, ``data.on_error``); tokenization
 rules come from the checkpoint itself, exactly as serving and relabeling read them.

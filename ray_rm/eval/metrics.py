@@ -1,5 +1,7 @@
 """Reward-model metrics as pure numpy functions of rewards: testable in milliseconds, no model needed.
 
+It must not run a model, import Ray or torch, or read files.
+
 Conventions (stated once, used everywhere):
   * a *pair* is (better, worse) by the gold labels; its margin is d = r_better - r_worse. A k-way row
     contributes every pair whose gold ranks differ, so pairs and rankings share one set of metrics;

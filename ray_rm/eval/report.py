@@ -1,5 +1,7 @@
 """The eval report: ``report.json`` (metrics), PNG plots, and a one-page self-contained ``report.html``.
 
+It must not compute metrics (``metrics.py``) or import Ray or torch; it only renders them.
+
 Plots use matplotlib's Agg backend (no display needed); the HTML embeds them as base64 so the page
 can be mailed or attached to a CI run as one file. The PNGs are also written beside it.
 """

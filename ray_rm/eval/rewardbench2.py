@@ -1,5 +1,7 @@
 """RewardBench 2 scores from scored rows: best-of-n accuracy per section, the Ties subset's own score, the mean.
 
+It must not run a model, import Ray or torch, or read files.
+
 Definitions (from allenai/reward-bench: ``rewardbench/utils.py`` ``reroll_and_score_dataset``,
 ``_compute_prompt_stats`` and ``process_single_model``, as run by ``scripts/run_v2.py``; paper arXiv:2506.01937):
 

@@ -1,5 +1,7 @@
 """Driver of the eval job: score preference rows on a Ray Data actor pool, then compute and report metrics.
 
+It must not compute metrics itself (``metrics.py``) or score outside ``ray_rm.scoring``.
+
 Actors return one small row per read task (every example's rewards, gold ranks, token lengths and the
 task's drop report); the driver gathers them, so metrics need no second pass over the data.
 """

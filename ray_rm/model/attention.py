@@ -100,7 +100,9 @@ def ray_rm_attention_forward(module, query, key, value, attention_mask, scaling=
                              sliding_window=None, softcap=None, s_aux=None, **kwargs):
     """The function transformers calls per layer; returns ``[1, T, H, D]`` like its own backends."""
     plan: AttentionPlan | None = kwargs.pop("ray_rm_plan", None)
-    if plan is None:  # called outside ray_rm (plain, unpacked input): behave exactly like transformers' SDPA
+    if plan is None:  # called outside ray_rm (plain, unpacked input): transformers' SDPA kernel. transformers
+        # builds no mask for a custom attention name, so this is causal attention over the whole input: right
+        # for unpadded or right-padded sequences (pads come after every real token), wrong for left padding.
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,

@@ -1,5 +1,7 @@
 """Attention over packed blocks with torch's SDPA (or explicit math), one call per bucket of similar blocks.
 
+It must not know about Ray, DeepSpeed or packing (it reads an attention plan only).
+
 The portable backend: any device, any dtype, and every per-layer option transformers passes
 (sliding window, logit soft-capping, attention sinks, dropout). Blocks are bucketed by size so that
 right-padding adds at most ~15% attention work; padded queries are discarded and padded keys masked.

@@ -1,5 +1,8 @@
 """Build a ``RewardModel`` for training (from a base LM) or inference (from an exported RM checkpoint).
 
+It must not hold head semantics (``heads.py``), the attention kernels (``attention*.py``) or config rules
+(``ray_rm/validation.py``).
+
 Both paths load ``AutoModelForSequenceClassification(num_labels=1)`` and split it into backbone and
 head, so training, export and any consumer agree on the architecture. LoRA wraps only the backbone:
 the value head stays a plain, fully trained module that is always part of the state dict.

@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from ray_rm.errors import UserError
+from ray_rm.errors import lookup
 from ray_rm.packed import PackedRow
 
 
@@ -74,10 +74,7 @@ def register_head(kind: HeadKind) -> HeadKind:
 
 
 def get_head(name: str) -> HeadKind:
-    try:
-        return HEADS[name]
-    except KeyError:
-        raise UserError(f"model.head '{name}' is unknown; choose one of {', '.join(HEADS)}") from None
+    return lookup(HEADS, name, "model.head")
 
 
 def _scalar_positions(batch, reads_first_token: bool) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Settings of the relabel job (``jobs/relabel_dpo.py``): the ``relabel`` section and the job root."""
+"""Settings of the relabel job (``jobs/relabel_dpo.py``): the ``relabel`` section and the job root.
+
+Declarations only: it must not hold cross-field rules (``ray_rm/validation.py``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

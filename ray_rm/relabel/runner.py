@@ -1,5 +1,7 @@
 """Driver of the relabel job: plan tasks, resume what a previous run finished, stream the rest, summarize.
 
+It must not hold selection rules (``select.py``) or the per-task work (``task.py``).
+
 ``output_dir`` layout::
 
     data/part-NNNNN.parquet (.jsonl)   output rows, one file per input task

@@ -1,5 +1,7 @@
 """What each relabel mode writes for one scored input row: pure rules, no Ray, no torch.
 
+It must not score, read files or import Ray or torch.
+
 Every function returns a ``Selection``: the output records, or the (reason, message) for which the
 row yields none, plus counters for the summary. Choices are deterministic functions of the scores,
 the row id and the seed, so a resumed or repeated run writes exactly the same rows.

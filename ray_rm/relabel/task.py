@@ -1,5 +1,7 @@
 """One relabel task end to end without Ray, and its atomically written part files.
 
+It must not import Ray (the runner maps it over an actor pool) or hold selection rules (``select.py``).
+
 A task is a row range of one input source (``ray_rm.data.sources.ReadTask``). Its output is a pure
 function of (rows, model, settings), written as ``data/part-NNNNN.parquet`` (+ ``.jsonl``) and then a
 ``_progress/part-NNNNN.json`` marker holding the task's row accounting. Files are written to a

@@ -2,8 +2,8 @@
 
 Modules: ``scorer`` (``RewardScorer``: one checkpoint, tokenization and packed forwards), ``grouping``
 (which sequences of a batch share a prompt), ``examples`` (parsed examples -> rewards, for relabel and
-eval), ``pool`` (the Ray Data actor pool relabel and eval run on). Nothing here serves HTTP, writes
-outputs or computes metrics. The names below load on first use, so importing the torch-free
+eval), ``pool`` (the Ray Data actor pool relabel and eval run on). It must not serve HTTP, write
+outputs or compute metrics. The names below load on first use, so importing the torch-free
 ``grouping`` (the serve batcher does) does not import torch.
 """
 __all__ = ["RewardScorer", "RewardStats", "make_scorer"]

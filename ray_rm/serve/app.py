@@ -1,5 +1,7 @@
 """Turn a ``ServeConfig`` into a Ray Serve application, and run it for development.
 
+It must not hold routes (``server.py``), scoring (``scoring_engine.py``) or config rules (``ray_rm/validation.py``).
+
 * ``build_app(cfg)``      the bound application (replicas, resources, autoscaling, backpressure from config)
 * ``app_builder(args)``   import path for ``serve deploy`` / ``serve run`` configs (cluster/serve_rm.yaml)
 * ``run_server(job_cfg)`` what ``jobs/serve_rm.py`` does: start Serve on host:port, deploy, block until

@@ -1,5 +1,7 @@
 """``RewardClient``: how PPO actors call the reward server, in the cluster (handle) or from anywhere (HTTP).
 
+It must not import torch or the model stack: PPO actors import it next to their own models.
+
 * Inside Ray (``ray.is_initialized()`` and the Serve app exists) it calls the deployment's ``score``
   method through a ``DeploymentHandle``: no HTTP, no JSON. Otherwise it POSTs to ``{url}/v1/score``.
 * Large batches are split into ``chunk_size`` chunks sent concurrently (at most ``max_in_flight``).

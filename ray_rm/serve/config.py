@@ -1,5 +1,7 @@
 """Settings of the reward server: one ``serve`` section (+ ``ray``) loaded like every other job config.
 
+Declarations only: it must not hold cross-field rules (``ray_rm/validation.py``).
+
 All defaults live here; ``jobs/serve_rm.py --help`` lists them and ``cluster/serve_rm.yaml`` passes
 the same keys as application ``args``. Secure by default: binds 127.0.0.1, bounded bodies and items.
 """

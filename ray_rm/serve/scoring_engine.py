@@ -1,5 +1,7 @@
 """The scoring engine of one replica: k reward models, their tokenizers, token batchers and the ensemble math.
 
+It must not check requests (``inputs.py`` is the one place) or know HTTP.
+
 Independent of HTTP and of Ray Serve (the deployment in ``server.py`` only adds transport), so the
 same code answers HTTP requests, handle calls and tests. Each member tokenizes with its own tokenizer
 and rules (``RewardScorer``), and scores through its own ``TokenBatcher``; all members share one

@@ -1,5 +1,7 @@
 """The Ray Serve deployment: FastAPI routes + a handle method around one ``ScoringEngine``.
 
+It must not score or check items itself: it parses bodies with ``inputs``/``vllm_api`` and calls the engine.
+
 Routes (under the application's route prefix):
   * ``POST /v1/score``   ``{"inputs": [item, ...], "normalize"?, "clip"?}`` -> ``{"rewards", "raw_rewards", "model", ...}``
   * ``POST /get_reward`` OpenRLHF ``--remote_rm_url``: ``{"query": [text, ...]}`` -> ``{"rewards", "scores"}``
