@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ray_rm.data.formats import _Row, normalize_row
+from ray_rm.data.formats import RowLocator, normalize_row
 from ray_rm.data.ratings import AttributeSchema, RatedExample, normalize_rated_row
 from ray_rm.data.row_kinds import PAIR, RATED, classify_row
 from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup
@@ -32,7 +32,7 @@ def attribute_row_parser(names: tuple):
             return normalize_row(raw, source, row)
         if kind == RATED:
             return normalize_rated_row(raw, source, row, schema)
-        raise _Row(source, row).error("", "a stepwise (per-step labelled) row cannot train model.head=attributes; "
+        raise RowLocator(source, row).error("", "a stepwise (per-step labelled) row cannot train model.head=attributes; "
                                           "expected rated rows {prompt, response, <attribute>: number} or pairs")
     return parse
 
