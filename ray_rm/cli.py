@@ -44,9 +44,12 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
                              "defaults listed below)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-5")
+    verbose_key = _add_verbose_flag(parser, cls)
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    if verbose_key and args.verbose:
+        args.overrides = list(args.overrides) + [f"{verbose_key}=true"]
     for name, value in vars(args).items():
         if name != "overrides" and isinstance(value, list):
             stray = [v for v in value if isinstance(v, str) and _OVERRIDE.match(v)]
@@ -61,6 +64,20 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
         print(json.dumps(to_dict(cfg), indent=2))
         sys.exit(0)
     return cfg, args
+
+
+def _add_verbose_flag(parser: argparse.ArgumentParser, cls: type) -> str | None:
+    """``--verbose``: shorthand for ``ray.verbose=true`` in jobs whose config has a ``ray`` section; the help text
+    is the schema's. Returns the dotted key it sets, or None for jobs without one."""
+    import dataclasses
+
+    ray_field = next((f for f in dataclasses.fields(cls) if f.name == "ray"), None)
+    if ray_field is None:
+        return None
+    verbose = next(f for f in dataclasses.fields(ray_field.default_factory) if f.name == "verbose")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"same as ray.verbose=true: {verbose.metadata['help']}")
+    return "ray.verbose"
 
 
 def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:

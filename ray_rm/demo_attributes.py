@@ -53,7 +53,8 @@ def evaluate(root: Path, name: str, hf_dir: str, files: list[str], size: int) ->
 
 
 def run_attribute_demo(output_dir: str = "outputs/demo_attributes", quick: bool = False,
-                       train_overrides: list[str] | None = None) -> dict:
+                       train_overrides: list[str] | None = None, verbose: bool = False) -> dict:
+    """Every stage on one local Ray cluster; ``verbose`` brings back the libraries' INFO logs (ray.verbose)."""
     from ray_rm.config_schema import RayConfig
     from ray_rm.ray_utils import init_ray
     from ray_rm.train.driver import run_training
@@ -61,7 +62,7 @@ def run_attribute_demo(output_dir: str = "outputs/demo_attributes", quick: bool 
     root = Path(output_dir).resolve()
     started = time.time()
     cfg = _train_config(root, quick, train_overrides or [])
-    init_ray(RayConfig(address="local"))
+    init_ray(RayConfig(address="local", verbose=verbose))
     before_dir = export_untrained(cfg, root / "before" / "hf")
     train = run_training(cfg)
     # held-out questions (disjoint words and numbers): rated rows, and every 4th row a pair

@@ -58,6 +58,16 @@ def _train(cfg: TrainJobConfig) -> None:
     _precision(cfg)
     _attributes(cfg)
     _data(cfg.data)
+    _prm(cfg)
+
+
+def _prm(cfg: TrainJobConfig) -> None:
+    """Process reward model settings that only mean something with model.head=prm."""
+    prm = cfg.model.head == "prm"
+    _require(prm or not cfg.train.prm_last_step_only, "train.prm_last_step_only needs model.head=prm")
+    _require(not prm or cfg.model.kind != "encoder", "model.head=prm reads step ends causally: use a decoder")
+    _require(not prm or cfg.data.chat_template != "never", "model.head=prm tokenizes message prompts with the chat "
+                                                           "template; data.chat_template=never is not supported")
 
 
 def _attributes(cfg: TrainJobConfig) -> None:

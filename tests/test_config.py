@@ -185,6 +185,7 @@ def test_help_lists_every_key_with_default_and_explanation(capsys):
         line = next((ln for ln in lines if ln.split() and ln.split()[0] == key), None)
         assert line is not None, f"--help does not list {key}"
         shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        shown = shown if shown.isprintable() else repr(shown)
         assert f"= {shown}" in line and help_text[:30] in " ".join(out.split()), key
 
 

@@ -113,3 +113,25 @@ def test_job_that_joined_a_cluster_leaves_it_running(private_cluster, tiny_decod
     status = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", f"--address={address}"],
                             env=ENV, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "CPU" in status.stdout, status.stdout + status.stderr
+
+
+def test_library_use_gets_its_own_signal_handlers_back_after_shutdown():
+    """init_ray installs ray_rm's stop handler (a job must stop cleanly); a caller that only borrowed Ray
+    (a notebook, this test session) must get its own SIGINT/SIGTERM handlers back from shutdown_ray."""
+    import ray
+
+    from ray_rm.config_schema import RayConfig
+    from ray_rm.ray_utils import init_ray, shutdown_ray
+
+    if ray.is_initialized():
+        pytest.skip("needs a process without Ray")
+    marker = lambda *_: None  # noqa: E731
+    before = {s: signal.signal(s, marker) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        init_ray(RayConfig(address="local", num_cpus=1))
+        assert signal.getsignal(signal.SIGTERM) is not marker  # the job's stop handler is in place
+        shutdown_ray()
+        assert signal.getsignal(signal.SIGTERM) is marker and signal.getsignal(signal.SIGINT) is marker
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

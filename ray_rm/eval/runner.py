@@ -26,8 +26,9 @@ from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
 from ray_rm.eval.rewardbench2 import rewardbench2_scores
+from ray_rm.progress import ProgressBar
 from ray_rm.scoring.examples import ResponseScores, score_examples
-from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.pool import map_tasks, resolve_gpus
 from ray_rm.scoring.scorer import make_scorer
 from ray_rm.validation import validate
 
@@ -74,16 +75,18 @@ class EvalActor:
         self.scorer = make_scorer(cfg.model_path, gpus, cfg.cpus_per_actor, cfg.pack_tokens, cfg.dtype,
                                   cfg.attn_implementation)
 
+    def score_one(self, task: ReadTask) -> dict:
+        """One task's JSON-ready result (``prm_runner.StepEvalActor`` scores stepwise rows instead)."""
+        rated: list = []
+        examples, report = score_task(task, self.scorer, self.on_error, self.truncate, rated)
+        return {"examples": [vars(e) for e in examples], "report": report.to_dict(),
+                "rated": [vars(r) for r in rated], "attribute_names": self.scorer.attribute_names}
+
     def __call__(self, batch: dict) -> dict:
         results, errors = [], []
         for task_json in batch["task"]:
             try:
-                rated: list = []
-                examples, report = score_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error,
-                                              self.truncate, rated)
-                results.append(json.dumps({"examples": [vars(e) for e in examples], "report": report.to_dict(),
-                                           "rated": [vars(r) for r in rated],
-                                           "attribute_names": self.scorer.attribute_names}))
+                results.append(json.dumps(self.score_one(ReadTask.from_dict(json.loads(task_json)))))
                 errors.append("")
             except DataError as exc:
                 results.append("")
@@ -101,7 +104,7 @@ def score_dataset(job: EvalJobConfig, rated: dict | None = None) -> tuple[list[S
     init_ray(job.ray)
     gpus = resolve_gpus(cfg.gpus_per_actor)
     items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
-    progress = Progress(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
+    progress = ProgressBar(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
     by_task: dict[int, list] = {}
     report = DropReport()
     ctor = {"cfg": cfg, "on_error": data.on_error, "gpus": gpus}
@@ -132,6 +135,12 @@ def run_eval(job: EvalJobConfig) -> dict:
     """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
     validate(job)
     cfg = job.eval
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(cfg.model_path) == "prm":  # step-level metrics (eval/prm_runner.py)
+        from ray_rm.eval.prm_runner import run_prm_eval
+
+        return run_prm_eval(job)
     start = time.perf_counter()
     rated: dict = {}
     examples, drops = score_dataset(job, rated)

@@ -92,6 +92,8 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
         unset = undeclare_template_only_bos(tokenizer)
         if unset:
             meta["bos_token_undeclared"] = unset
+    if model.step_separator is not None:
+        meta.update(step_meta(tokenizer, model.step_separator))
     auto_class = getattr(transformers, model.head_kind.hf_class)
     clf = auto_class.from_config(config, attn_implementation="sdpa", dtype=next(backbone.parameters()).dtype)
     getattr(clf, model.base_prefix).load_state_dict(backbone.state_dict())
@@ -105,6 +107,15 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     tokenizer.save_pretrained(out_dir)
     (out_dir / "ray_rm_scoring.json").write_text(json.dumps(scoring_notes(model.kind, meta, tokenizer), indent=2))
     return out_dir
+
+
+def step_meta(tokenizer, separator: str) -> dict:
+    """What a PRM export records for consumers: the step separator and the id of its last token (the token
+    whose logit is a step's score; vLLM's STEP pooling calls it ``step_tag_id``)."""
+    ids = tokenizer(separator, add_special_tokens=False)["input_ids"]
+    return {"step_separator": separator, "step_separator_ids": list(ids), "step_tag_id": ids[-1] if ids else None,
+            "step_rule": "prompt tokens, then each step tokenized on its own (no special tokens) followed by the "
+                         "separator tokenized on its own; a step's score is the logit at its separator's last token"}
 
 
 def scoring_notes(kind: str, meta: dict, tokenizer) -> dict:

@@ -170,6 +170,12 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
 
     from ray_rm.scoring import RewardScorer
 
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(path) == "prm":  # per-step scores: AutoModelForTokenClassification (export_check_prm.py)
+        from ray_rm.model.export_check_prm import check_prm_export
+
+        return check_prm_export(path)
     start = time.perf_counter()
     report = CheckReport(str(path))
     scorer = RewardScorer(str(path), dtype="float32")

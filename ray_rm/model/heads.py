@@ -109,3 +109,30 @@ ATTRIBUTES = register_head(HeadKind(
     hf_class="AutoModelForSequenceClassification", config_entries=lambda width: {"num_labels": width},
     answer=lambda values: {"rewards": list(values)}, combiner=_attribute_combiner,
 ))
+# ------------------------------------------------------------------ process reward models (model.head=prm)
+def _step_positions(batch, reads_first_token: bool) -> torch.Tensor:
+    return batch.step_index
+
+
+def _step_answer(values: list) -> dict:
+    """Per item: its step scores (logits). ``rewards`` is the min-aggregate of step probabilities, the default
+    of ``ray_rm/eval/prm_metrics.aggregate``; the serve engine re-aggregates when a request asks otherwise."""
+    from ray_rm.eval.prm_metrics import aggregate
+
+    return {"rewards": [aggregate(steps, "min") for steps in values], "step_rewards": [list(s) for s in values]}
+
+
+PRM = register_head(HeadKind(
+    name="prm", width=lambda model_cfg, hf_config: 1, positions=_step_positions, output=lambda v: v.squeeze(-1),
+    targets=("step_index", "step_labels"), losses=("step_bce",),
+    hf_class="AutoModelForTokenClassification",
+    # no bias: ray_rm's head is the sequence classifier's bias-free ``score``, and the token classifier reads it
+    config_entries=lambda width: {"num_labels": width, "token_classification_bias": False},
+    answer=_step_answer,
+))
+"""A per-step score read at each step's last token (the separator's last token, ``data/step_layout.py``).
+
+A group is one prompt's k solutions, laid out ``[prompt | solution_1 | ... | solution_k]`` by the same
+prompt sharing as pairs; the packer records every step end (``PackedRow.step_index``) and its label.
+The export is an ``AutoModelForTokenClassification`` whose logit at a step-end token is the step's score;
+``config.json`` ``ray_rm.step_separator`` / ``ray_rm.step_tag_id`` say which tokens those are."""

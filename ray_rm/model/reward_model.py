@@ -47,6 +47,8 @@ class FP32Linear(nn.Linear):
 class RewardModel(nn.Module):
     """Backbone + linear head; what the head reads and how its output is shaped come from its ``HeadKind``."""
 
+    step_separator: str | None = None  # model.head=prm: the text ending every step (set by build / load)
+
     def __init__(self, backbone: nn.Module, head: nn.Linear, *, kind: str, pooling: str, attn_implementation: str,
                  attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model",
                  head_kind: HeadKind = SCALAR):

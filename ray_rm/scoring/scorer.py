@@ -134,9 +134,13 @@ class RewardScorer:
 
 
 def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dtype: str, attn_implementation: str):
-    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads."""
+    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads; the actor's
+    logging follows the job's --verbose switch."""
     import torch
 
+    from ray_rm.logging_setup import configure_worker
+
+    configure_worker()
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(max(1, int(cpus)))

@@ -11,7 +11,8 @@ of steps (for the LR schedule) before any worker starts, and every worker stream
 train/data_feed.py). After training, the export self-test (model/export_check.py) scores training
 examples through plain transformers against ray_rm's own scorer; a failure fails the job after the
 summary is written. Outputs in ``output_dir``: ``hf/`` (the Hugging Face checkpoint), ``summary.json``
-(with ``export_check``), ``drop_report.json``, ``tensorboard/``.
+(with ``export_check`` and the loss/accuracy ``curves``), ``train_curves.png``, ``drop_report.json``,
+``metrics.jsonl``, ``tensorboard/``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ray_rm.data.pipeline import PackSettings, PreparedData, materialize
 from ray_rm.data.prepare import resolve_max_length
 from ray_rm.data.quality import usage_line
 from ray_rm.errors import UserError
+from ray_rm.train import curves
 from ray_rm.validation import validate, validate_with_model
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,8 @@ def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[Pac
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = pick_pad_token(tokenizer)[1] if kind == "decoder" else (tokenizer.pad_token_id or 0)
     settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
-                            seed=cfg.train.seed if cfg.data.shuffle else None,
+                            seed=cfg.train.seed if cfg.data.shuffle else None, head=cfg.model.head,
+                            step_separator=cfg.model.step_separator, prm_last_step_only=cfg.train.prm_last_step_only,
                             attributes=tuple(cfg.model.attributes) if cfg.model.head == "attributes" else ())
     return settings, pad_id
 
@@ -139,9 +142,10 @@ def _plan(cfg: TrainJobConfig, train_rows: int) -> RunPlan:
 
 def _trainer(cfg: TrainJobConfig, plan: RunPlan, train: PreparedData, evald: PreparedData | None, pad_token_id: int):
     """The ``TorchTrainer``: workers run ``train_loop_per_worker`` on the data feed's datasets."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ray_rm.logging_setup import train_log_level
     from ray_rm.train.data_feed import trainer_datasets
     from ray_rm.train.loop import train_loop_per_worker
     from ray_rm.train.metrics import ProgressLine
@@ -164,7 +168,8 @@ def _trainer(cfg: TrainJobConfig, plan: RunPlan, train: PreparedData, evald: Pre
         run_config=RunConfig(name=plan.run_name, storage_path=str(plan.storage),
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[ProgressLine(plan.total_steps)]),
+                             callbacks=[ProgressLine(plan.total_steps)],
+                             logging_config=LoggingConfig(log_level=train_log_level())),
         datasets=datasets, dataset_config=dataset_config,
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
     )
@@ -188,6 +193,8 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, train: PreparedData, e
     """Copy the export out of the final checkpoint, self-test it, write summary.json, print the verdicts.
 
     The summary is written before a failed export check raises, so the failure is on record."""
+    from ray_rm.train.checkpointing import STATE_FILE
+
     out = Path(cfg.output_dir)
     hf_dir = out / "hf"
     with result.checkpoint.as_directory() as ckpt:
@@ -196,6 +203,7 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, train: PreparedData, e
         if hf_dir.exists():
             shutil.rmtree(hf_dir)
         shutil.copytree(Path(ckpt) / "hf", hf_dir)
+        run_curves = curves.read_from_checkpoint(ckpt, STATE_FILE)
     check = _check_export(cfg, model_path, hf_dir)
     metrics = dict(result.metrics or {})
     reports = {"train": train.report.to_dict(), "eval": evald.report.to_dict() if evald else None}
@@ -210,6 +218,8 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, train: PreparedData, e
                  "fill_fraction": train.num_tokens / (train.num_rows * cfg.data.pack_tokens),
                  "drop_report": reports},
         "export_check": check.to_dict(),
+        "curves": run_curves,
+        "curves_png": curves.plot(run_curves, out / "train_curves.png", title=run["run_name"]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [usage_line("train data", train.report)] + ([usage_line("eval data", evald.report)] if evald else [])
