@@ -3,6 +3,7 @@
 
   python jobs/demo.py [--output-dir outputs/demo] [--quick] [--verbose] [train.key=value ...]
   python jobs/demo.py --prm [--output-dir outputs/demo-prm] [--quick] [--verbose]   (process reward model demo, make demo-prm)
+  python jobs/demo.py --attributes [--output-dir outputs/demo_attributes] [--quick] [--verbose]   (multi-objective demo)
 
 Starts a local Ray cluster; about 6-8 minutes on a 2-core CPU machine (--quick: ~2 minutes, a few steps).
 Prints where each artifact is and writes output_dir/demo_summary.json.
@@ -22,6 +23,10 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="outputs/demo", help="where every stage writes (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a few training steps and rows: checks the path, "
                                                             "not the quality")
+    parser.add_argument("--attributes", action="store_true",
+                        help="the multi-objective demo instead: an attribute reward model (model.head=attributes) "
+                             "on built-in rated answers, per-attribute correlation before and after training "
+                             "(ray_rm/configs/demo_attributes.yaml; default output-dir outputs/demo_attributes)")
     parser.add_argument("--prm", action="store_true", help="the process reward model demo: SmolLM2 + LoRA learns "
                                                           "to find the first wrong step of arithmetic solutions")
     parser.add_argument("--verbose", action="store_true",
@@ -29,6 +34,14 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training overrides on top of ray_rm/configs/demo.yaml")
     args = parser.parse_args(argv)
+    if args.prm and args.attributes:
+        parser.error("--prm and --attributes are two different demos: pick one")
+    if args.attributes:
+        from ray_rm.demo_attributes import run_attribute_demo
+
+        output = args.output_dir if args.output_dir != parser.get_default("output_dir") else "outputs/demo_attributes"
+        run_attribute_demo(output, args.quick, args.overrides, verbose=args.verbose)
+        return
     if args.prm:
         from ray_rm.demo_prm import run_prm_demo
 

@@ -70,8 +70,17 @@ class ModelConfig:
     pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder) | "
                                "mean (encoder; not exportable)", ("auto", "last", "cls", "mean"))
     head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence) | prm (a score "
-                              "per step of a solution, read at each step's separator)",
+                              "per step of a solution, read at each step's separator) | attributes (k attribute "
+                              "regressions; reward = weights . attributes)",
                     registered("ray_rm.model.heads", "HEADS"))
+    attributes: list = opt([], "head=attributes: the attribute names, in head order (empty = the numeric fields / "
+                               "'scores' keys of the first rated training row)")
+    attribute_weights: list = opt([], "head=attributes: the combined reward's weight per attribute, in the order of "
+                                      "model.attributes (empty = 1/k each)")
+    attribute_means: list = opt([], "head=attributes: per-attribute normalisation, the head regresses "
+                                    "(value - mean) / std (empty = 0); folded into the exported head, recorded "
+                                    "in its config")
+    attribute_stds: list = opt([], "head=attributes: per-attribute normalisation scale (empty = 1)")
     attn_implementation: str = opt("auto",
                                    "attention kernel: auto = varlen (torch's varlen flash kernel on CUDA in bf16/fp16, "
                                    "SDPA blocks otherwise); flash_attention_2 = flash_attn (needs the flash-attn "

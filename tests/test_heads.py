@@ -18,7 +18,7 @@ from test_model import random_groups
 
 
 def test_unknown_head_lists_the_registered_ones():
-    with pytest.raises(UserError, match="model.head 'orm' is unknown; choose one of scalar, prm"):
+    with pytest.raises(UserError, match="model.head 'orm' is unknown; choose one of scalar, attributes, prm"):
         get_head("orm")
 
 

@@ -44,7 +44,7 @@ def run(name, batch, rewards, token_values=None, **kw):
 
 def test_registry_lists_every_loss():
     assert set(LOSSES) == {"bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise",
-                           "step_bce"}
+                           "attribute_mse", "attribute_mse_bt", "step_bce"}
 
 
 def test_a_registered_loss_is_picked_up_by_name_and_unknown_names_list_the_choices(two_pairs):

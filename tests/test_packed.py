@@ -17,8 +17,10 @@ from ray_rm.packed import PackedRow, attention_blocks, packed_row_fields, packed
 
 
 def _groups() -> list[TokenizedGroup]:
-    return [TokenizedGroup("a", [[1, 2, 3, 4], [1, 2, 5]], [0, 1], 2, 0.5, [math.nan, math.nan], "s1"),
-            TokenizedGroup("b", [[7, 8], [9, 8, 7]], [1, 0], 0, math.nan, [1.0, 2.0], "")]
+    return [TokenizedGroup("a", [[1, 2, 3, 4], [1, 2, 5]], [0, 1], 2, 0.5, [math.nan, math.nan], "s1",
+                           attributes=[[1.0, math.nan], [3.0, 0.5]]),
+            TokenizedGroup("b", [[7, 8], [9, 8, 7]], [1, 0], 0, math.nan, [1.0, 2.0], "",
+                           attributes=[[math.nan, math.nan], [2.0, 4.0]])]
 
 
 def test_schema_has_one_typed_column_per_field_in_order():

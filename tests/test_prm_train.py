@@ -17,7 +17,7 @@ from ray_rm.data.step_groups import step_group
 from ray_rm.data.step_layout import step_end_token_positions
 from ray_rm.data.stepwise import normalize_step_row
 from ray_rm.errors import DataError
-from ray_rm.losses import LossSettings, compute_loss
+from ray_rm.losses import UNITS, LossSettings, compute_loss
 from ray_rm.model.batch import collate_row
 from ray_rm.model.build import build_reward_model
 from ray_rm.packed import unpack_sequences
@@ -180,7 +180,7 @@ def test_step_bce_equals_a_hand_computed_value_and_the_step_mean_is_exact_howeve
     def step_mean(rows):
         batches = [collate_row(r) for r in rows]
         counts = {u: sum(compute_loss(prm_model(b), b, settings).counts[u] for b in batches)
-                  for u in ("pairs", "sequences", "scored", "groups", "steps")}
+                  for u in UNITS}
         factors = unit_factors(counts, world_size=1)
         with torch.no_grad():
             results = [compute_loss(prm_model(b), b, settings) for b in batches]

@@ -47,6 +47,8 @@ def append_group(row: PackedRow, group: TokenizedGroup, share_prompt: bool) -> N
         row.seq_ranks.append(int(rank))
         row.seq_scores.append(float(score))
     assert len(row.input_ids) - start == group.num_tokens(share_prompt)
+    for ratings in group.attributes:  # one list of k per sequence (attribute runs only)
+        row.seq_attributes.extend(float(v) for v in ratings)
     row.group_ids.append(group.example_id)
     row.group_sizes.append(k)
     row.group_prefix_lens.append(prefix)

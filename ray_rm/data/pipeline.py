@@ -37,19 +37,21 @@ class PackSettings:
     tokenizer_path: str
     share_prompt: bool
     seed: int | None = None
+    attributes: tuple = ()  # model.head=attributes: the attribute names (rated rows are read and packed)
     head: str = "scalar"  # model.head: "prm" reads stepwise rows (ray_rm/data/step_groups.py)
     step_separator: str = "\n"  # model.step_separator (prm)
     prm_last_step_only: bool = False  # train.prm_last_step_only (prm)
 
 
 def task_groups(task: ReadTask, encoder, data_cfg: DataConfig, settings: PackSettings):
-    """(groups, drop report) of one read task: preference rows for a scalar head, stepwise rows for prm."""
+    """(groups, drop report) of one read task: stepwise rows for prm, else preference (and, for the attribute
+    head, rated) rows."""
     if settings.head == "prm":
         from ray_rm.data.step_groups import process_step_task
 
         return process_step_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
                                  settings.step_separator, settings.prm_last_step_only)
-    return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+    return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed, settings.attributes)
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:

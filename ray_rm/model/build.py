@@ -123,6 +123,9 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.combiner is not None:
+        model.combiner = head_kind.combiner(cfg, hf_config)
+        model.combiner.check_head(model.head)
     if head_kind.name == "prm":
         model.step_separator = cfg.step_separator
     head = model.head
@@ -191,6 +194,8 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     attention.register()
     clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.combiner is not None:
+        model.combiner = head_kind.combiner(None, hf_config)
     if head_kind.name == "prm":
         model.step_separator = meta.get("step_separator", "\n")
     model.head.float()

@@ -80,10 +80,11 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     out_dir = Path(out_dir)
     backbone = merged_backbone(model)
     config = backbone.config
-    for key, value in model.head_kind.config_entries(model.head.out_features).items():  # e.g. num_labels
+    head_config, head_meta = model.export_entries()  # e.g. an attribute head's id2label, names and weights
+    for key, value in {**model.head_kind.config_entries(model.head.out_features), **head_config}.items():
         setattr(config, key, value)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    meta = {"contract": CONTRACT, **meta}
+    meta = {"contract": CONTRACT, **meta, **head_meta}
     if model.kind == "decoder":
         pad_tok, pad_id = pick_pad_token(tokenizer)
         tokenizer.pad_token = pad_tok
@@ -97,7 +98,7 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     clf = auto_class.from_config(config, attn_implementation="sdpa", dtype=next(backbone.parameters()).dtype)
     getattr(clf, model.base_prefix).load_state_dict(backbone.state_dict())
     head = getattr(clf, model.head_name)
-    head.load_state_dict({k: v.to(head.weight.dtype) for k, v in model.head.state_dict().items()})
+    head.load_state_dict({k: v.to(head.weight.dtype) for k, v in model.head_state_for_export().items()})
     clf.config.ray_rm = {"format_version": FORMAT_VERSION, "kind": model.kind, "pooling": model.pooling,
                          "head": model.head_kind.name, **meta}
     clf.config.architectures = [type(clf).__name__]

@@ -29,8 +29,9 @@ the train loop, the step or the serve engine):
     attribute names in the model config (or the checkpoint's ``id2label``); ``positions`` as ``scalar``; ``output`` ``[N, k]``;
     ``targets`` ``("seq_attributes",)`` (NaN = missing, masked); ``losses`` ``("attribute_mse",
     "attribute_mse_bt")``, the BT term on ``weights · attributes``; ``config_entries`` ``num_labels=k``
-    plus ``id2label`` (the names and weights also go to the export's ``ray_rm`` entry); ``answer`` ``{"rewards": w · a, "attributes":
-    {name: [...]}}``.
+    plus ``id2label`` (the names and weights also go to the export's ``ray_rm`` entry); ``combiner``
+    ``model/attribute_head.py`` (weights, normalisation; rewards = w · a); serve adds ``"attributes":
+    [{name: value}]`` (``serve/attribute_answers.py``).
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class HeadKind:
     hf_class: str  # transformers Auto class that loads the export
     config_entries: Callable[[int], dict]  # (head width) -> HF config attributes of the export
     answer: Callable[[list], dict]  # per-item outputs -> named fields of a serve / eval answer
+    # (model_cfg or None, HF config) -> a module turning the head's [n, width] output into (per-item values
+    # [n, width], rewards [n]), for heads whose reward is computed from several outputs (attributes: w . a);
+    # None: the output is the reward
+    combiner: Callable[[object, object], torch.nn.Module] | None = None
 
 
 HEADS: dict[str, HeadKind] = {}
@@ -85,6 +90,25 @@ SCALAR = register_head(HeadKind(
 ))
 
 
+# ---------------------------------------------------------------------------------------------- attributes
+def _attribute_combiner(model_cfg, hf_config):
+    from ray_rm.model.attribute_head import build_combiner
+
+    return build_combiner(model_cfg, hf_config)
+
+
+def _attribute_width(model_cfg, hf_config) -> int:
+    from ray_rm.model.attribute_head import attribute_width
+
+    return attribute_width(model_cfg, hf_config)
+
+
+ATTRIBUTES = register_head(HeadKind(
+    name="attributes", width=_attribute_width, positions=_scalar_positions, output=lambda v: v,
+    targets=("seq_attributes",), losses=("attribute_mse", "attribute_mse_bt"),
+    hf_class="AutoModelForSequenceClassification", config_entries=lambda width: {"num_labels": width},
+    answer=lambda values: {"rewards": list(values)}, combiner=_attribute_combiner,
+))
 # ------------------------------------------------------------------ process reward models (model.head=prm)
 def _step_positions(batch, reads_first_token: bool) -> torch.Tensor:
     return batch.step_index

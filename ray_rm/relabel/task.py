@@ -62,6 +62,7 @@ class TaskOutput:
     chat: bool = False
     tokens: int = 0
     timing: dict = field(default_factory=dict)
+    attribute_names: list | None = None  # an attribute reward model's outputs, written with every score
     schema: pa.Schema | None = None  # set by modes with their own schema (process reward models)
 
 
@@ -91,6 +92,7 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
 
     examples.extend(read_examples(task, out.report, cfg.on_error, parse))
     out.chat = bool(chat)
+    out.attribute_names = scorer.attribute_names
     scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)
     for ex, s in zip(examples, scored):
@@ -98,11 +100,12 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
             out.report.drop(*s)
             continue
         if cfg.mode == "pairs-from-candidates":
-            sel = select.pairs_from_candidates(ex, s.scores, cfg.pair_strategy, cfg.min_margin, cfg.seed)
+            sel = select.pairs_from_candidates(ex, s.scores, cfg.pair_strategy, cfg.min_margin, cfg.seed,
+                                               s.attributes)
         elif cfg.mode == "rejudge":
-            sel = select.rejudge(ex, s.scores, cfg.disagree, cfg.min_margin)
+            sel = select.rejudge(ex, s.scores, cfg.disagree, cfg.min_margin, s.attributes)
         else:
-            sel = select.best_of_n(ex, s.scores)
+            sel = select.best_of_n(ex, s.scores, s.attributes)
         out.counts.update(sel.counts)
         if sel.drop:
             out.report.drop(*sel.drop)
@@ -125,7 +128,8 @@ def write_task(out_dir: Path, task_index: int, task: ReadTask, out: TaskOutput, 
     data_dir = out_dir / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(out.records, schema=out.schema or select.output_schema(cfg.mode, out.chat))
+    table = pa.Table.from_pylist(out.records,
+                                 schema=out.schema or select.output_schema(cfg.mode, out.chat, out.attribute_names))
     files = [f"{DATA_DIR}/{name}.parquet"]
     _atomic_write(data_dir / f"{name}.parquet", lambda p: pq.write_table(table, p))
     if cfg.write_jsonl:

@@ -55,6 +55,7 @@ class ScoreRequest:
     normalize: bool
     clip: float  # 0 = off
     field: str = "inputs"  # how error messages name the item list
+    weights: dict | None = None  # attribute models: {attribute: weight} replacing the model's (serve/attribute_answers)
     aggregate: str | None = None  # process reward models: min | prod | last | mean (None: the server's default)
 
 
@@ -193,16 +194,28 @@ def parse_score_request(body: Any, max_items: int, default_normalize: bool = Fal
     """``{"inputs": [item, ...], "normalize"?: bool, "clip"?: number}`` (POST /v1/score, handle calls)."""
     if not isinstance(body, dict):
         raise InputError(f"expected a JSON object {{'inputs': [...]}}, got {kind_of(body)}")
-    unknown = set(body) - {"inputs", "normalize", "clip", "aggregate"}
+    unknown = set(body) - {"inputs", "normalize", "clip", "weights", "aggregate"}
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(sorted(repr(k)[:40] for k in unknown)[:5])}; "
-                         "expected 'inputs', 'normalize', 'clip', 'aggregate'")
+                         "expected 'inputs', 'normalize', 'clip', 'weights', 'aggregate'")
     if "inputs" not in body:
         raise InputError("missing 'inputs': a list of items, each " + FORMS)
     raw_items = _items(body["inputs"], "inputs", max_items)
     normalize, clip = _options(body, default_normalize, default_clip)
     return ScoreRequest(tuple(parse_item(x, f"inputs[{i}]") for i, x in enumerate(raw_items)), normalize, clip,
-                        aggregate=_aggregate(body))
+                        weights=_weights(body.get("weights")), aggregate=_aggregate(body))
+
+
+def _weights(value: Any) -> dict | None:
+    """``"weights": {attribute: number}`` (attribute reward models), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise InputError(f"'weights' must be a non-empty object {{attribute: number}}, got {kind_of(value)}")
+    for name, w in value.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise InputError(f"'weights'[{name!r:.40}] must be a finite number, got {w!r:.40}")
+    return dict(value)
 
 
 def parse_openrlhf_request(body: Any, max_items: int, default_normalize: bool = False,

@@ -43,6 +43,8 @@ async def score_step_request(engine, req: ScoreRequest) -> dict:
     if engine.head_kind.name != "prm":
         raise InputError("'steps' items need a process reward model (a checkpoint trained with model.head=prm); "
                          "this one scores whole responses: send {'prompt', 'response'}")
+    if req.weights is not None:
+        raise InputError("'weights' applies to attribute reward models only; this one scores steps")
     member, batcher = engine.members[0], engine.batchers[0]
     loop = asyncio.get_running_loop()
     tokens = await loop.run_in_executor(engine._tokenize, _encode, member, req.items, req.field)

@@ -79,9 +79,21 @@ def _resolve_settings(cfg: TrainJobConfig) -> tuple[TrainJobConfig, str, object]
     hf_config = AutoConfig.from_pretrained(model_path)
     validate_with_model(cfg, hf_config)
     out = Path(cfg.output_dir).resolve()
-    cfg = replace(cfg, output_dir=str(out), data=resolve_max_length(cfg.data, model_path))
+    cfg = replace(cfg, output_dir=str(out), data=resolve_max_length(cfg.data, model_path),
+                  model=_with_attribute_names(cfg))
     out.mkdir(parents=True, exist_ok=True)
     return cfg, model_path, hf_config
+
+
+def _with_attribute_names(cfg: TrainJobConfig):
+    """model.head=attributes: the names fixed before any data task runs (configured, or the first rated row's)."""
+    if cfg.model.head != "attributes":
+        return cfg.model
+    from ray_rm.data.rated_groups import attribute_names
+
+    names = attribute_names(cfg.model.attributes, cfg.data.train_files, cfg.data)
+    print(f"[ray_rm] attributes: {', '.join(names)}", flush=True)
+    return replace(cfg.model, attributes=list(names))
 
 
 def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[PackSettings, int]:
@@ -96,7 +108,8 @@ def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[Pac
     pad_id = pick_pad_token(tokenizer)[1] if kind == "decoder" else (tokenizer.pad_token_id or 0)
     settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
                             seed=cfg.train.seed if cfg.data.shuffle else None, head=cfg.model.head,
-                            step_separator=cfg.model.step_separator, prm_last_step_only=cfg.train.prm_last_step_only)
+                            step_separator=cfg.model.step_separator, prm_last_step_only=cfg.train.prm_last_step_only,
+                            attributes=tuple(cfg.model.attributes) if cfg.model.head == "attributes" else ())
     return settings, pad_id
 
 
