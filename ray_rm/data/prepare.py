@@ -103,13 +103,20 @@ def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, shar
     if attributes:
         items = rated_groups.with_unrated_targets(items, len(attributes)) + \
             rated_groups.tokenize_rated(encoder, rated, cfg.max_length, cfg.overlength)
+    return keep_within_budget(items, report, cfg.pack_tokens, share_prompt, task, seed)
+
+
+def keep_within_budget(items, report: DropReport, pack_tokens: int, share_prompt: bool, task: ReadTask,
+                       seed: int | None) -> tuple[list, DropReport]:
+    """The end of every task's preparation (pairs, rated rows, stepwise rows): count the drops already decided
+    (``(reason, detail)`` tuples), drop groups over the row budget, and shuffle the rest reproducibly per task."""
     groups = []
     for item in items:
         if isinstance(item, tuple):
             report.drop(*item)
-        elif item.num_tokens(share_prompt) > cfg.pack_tokens:
+        elif item.num_tokens(share_prompt) > pack_tokens:
             report.drop("over_budget", f"{item.example_id}: {item.num_tokens(share_prompt)} tokens > "
-                                       f"data.pack_tokens {cfg.pack_tokens}")
+                                       f"data.pack_tokens {pack_tokens}")
         else:
             groups.append(item)
     report.rows_kept = len(groups)

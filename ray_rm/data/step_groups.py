@@ -14,9 +14,8 @@ last label; the others become unlabelled, so the loss averages over exactly the 
 from __future__ import annotations
 
 import math
-import random
 
-from ray_rm.data.prepare import read_examples, resolve_max_length
+from ray_rm.data.prepare import keep_within_budget, read_examples, resolve_max_length
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask
 from ray_rm.data.step_layout import step_end_token_positions
@@ -56,19 +55,13 @@ def process_step_task(task: ReadTask, encoder, cfg, share_prompt: bool, seed: in
     cfg = resolve_max_length(cfg, encoder.tokenizer.name_or_path)
     chat_template = "always" if cfg.chat_template == "always" else "auto"
     report = DropReport()
-    groups = []
+    items = []
     for ex in read_examples(task, report, cfg.on_error, parse=normalize_step_row):
         group = step_group(encoder.tokenizer, ex, separator, chat_template, last_step_only)
         longest = max(len(s) for s in group.sequences)
         if longest > cfg.max_length:
-            report.drop("over_length", f"{ex.example_id}: a solution has {longest} tokens > data.max_length "
-                                       f"{cfg.max_length}")
-        elif group.num_tokens(share_prompt) > cfg.pack_tokens:
-            report.drop("over_budget", f"{ex.example_id}: {group.num_tokens(share_prompt)} tokens > "
-                                       f"data.pack_tokens {cfg.pack_tokens}")
+            items.append(("over_length", f"{ex.example_id}: a solution has {longest} tokens > data.max_length "
+                                         f"{cfg.max_length}"))
         else:
-            groups.append(group)
-    report.rows_kept = len(groups)
-    if seed is not None:
-        random.Random(f"{seed}-{task.source}-{task.start}").shuffle(groups)
-    return groups, report
+            items.append(group)
+    return keep_within_budget(items, report, cfg.pack_tokens, share_prompt, task, seed)
