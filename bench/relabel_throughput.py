@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--rows-per-task", type=int, default=8)
     parser.add_argument("--pack-tokens", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved bare/relabel rounds; best is reported")
+    parser.add_argument("--reward-model", default="", help="an exported reward-model checkpoint (default: "
+                        "SmolLM2-135M with a random head; the smoke test uses a tiny one)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="torch threads / actor CPUs")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -167,7 +169,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.cpus)
-    model_path = export_bench_model()
+    model_path = args.reward_model or export_bench_model()
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "candidates.jsonl"
@@ -187,7 +189,7 @@ def main() -> None:
             ray.shutdown()
     best = {side: {k: max(r[side][k] for r in rounds) for k in rounds[0][side] if k.endswith("_per_s")}
             for side in ("bare", "relabel")}
-    result = {"model": "SmolLM2-135M-Instruct RM (fp32)", "device": "cpu", "threads": args.cpus,
+    result = {"model": args.reward_model or "SmolLM2-135M-Instruct RM, random head (fp32)", "device": "cpu", "threads": args.cpus,
               "rows": rows, "candidates_per_row": 2, "tokens_in_packed_rows": tokens, "packed_rows": len(batches),
               "rows_per_task": args.rows_per_task, "pack_tokens": args.pack_tokens, "repeats": args.repeats,
               "load_average": os.getloadavg(), "rounds": rounds, "best": best,

@@ -79,10 +79,11 @@ def baseline_server(model: str, port: int, threads: int, max_len: int = 2048) ->
     app = FastAPI()
 
     def get_reward(queries: list[str]) -> list[float]:
-        # OpenRLHF: strip pad/eos, append the EOS text, tokenize without special tokens, pad the batch
-        queries = [_strip(q, tok.pad_token, tok.eos_token) + tok.eos_token for q in queries]
-        batch = tok(queries, return_tensors="pt", add_special_tokens=False, max_length=max_len,
-                    padding=True, truncation=True)
+        # OpenRLHF's handler shape (strip pad/eos, pad the batch, one forward per request). Its EOS append is
+        # left out: a ray_rm checkpoint's reward is read at the text's own last token (plain tokenizer(text)),
+        # so both servers compute the same reward and only the serving method differs
+        queries = [_strip(q, tok.pad_token, tok.eos_token) for q in queries]
+        batch = tok(queries, return_tensors="pt", max_length=max_len, padding=True, truncation=True)
         with torch.no_grad():
             return rm(**batch).logits[:, 0].tolist()
 
@@ -303,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-tokens", type=int, default=8192, help="ray_rm serve.batch_tokens (config default)")
     p.add_argument("--replicas", type=int, default=1, help="ray_rm replicas sharing --threads cores")
     p.add_argument("--pack-tokens", type=int, default=4096, help="ray_rm serve.pack_tokens")
+    p.add_argument("--reward-model", default="", help="an exported reward-model checkpoint to serve (default: "
+                                                       "SmolLM2-135M with a random head; the smoke test uses a tiny one)")
     p.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", default="", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
-    model = ensure_model()
+    model = args.reward_model or ensure_model()
     texts = load_rollouts(max(n for _, n in levels))
     started = time.time()
     load_before = os.getloadavg()

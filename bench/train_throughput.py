@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 HH_TRAIN = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
 RESULTS = REPO / "bench" / "results"
+MODEL = "smollm2-135m-instruct"  # --model replaces it (the smoke test uses a tiny random model)
 NAN = math.nan
 
 
@@ -49,7 +50,7 @@ def load_groups(pairs: int, max_len: int):
     from ray_rm.data.sources import plan_read_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=4 * max_len, limit=pairs * 2)
-    encoder = make_encoder("smollm2-135m-instruct", cfg)
+    encoder = make_encoder(MODEL, cfg)
     groups = []
     for task in plan_read_tasks([str(HH_TRAIN)], 10_000, cfg.limit):
         groups += process_task(task, encoder, cfg, share_prompt=True)[0]
@@ -80,7 +81,7 @@ def run_padded(groups, tokenizer, chunks, warmup):
 
     from ray_rm.assets import resolve_model_path
 
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("smollm2-135m-instruct"),
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(MODEL),
                                                                num_labels=1, attn_implementation="sdpa")
     model.config.pad_token_id = 0  # <|endoftext|>, never a reward token here
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -112,7 +113,7 @@ def ray_rm_step_fn(share_prompt: bool):
     from ray_rm.model.batch import collate_row
     from ray_rm.model.build import build_reward_model
 
-    model = build_reward_model(ModelConfig(name_or_path="smollm2-135m-instruct"), seed=0)
+    model = build_reward_model(ModelConfig(name_or_path=MODEL), seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step(row):
@@ -149,7 +150,7 @@ def job_rows(data_file: Path, pack_tokens: int, max_len: int):
     from ray_rm.train.feed_plan import balanced_tasks, rank_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens)
-    settings = PackSettings("smollm2-135m-instruct", True, 42)
+    settings = PackSettings(MODEL, True, 42)
     tasks = rank_tasks(balanced_tasks([str(data_file)], cfg, 42, dp_size=1), 0, 42, 1, 0)
     records = direct_task_records(tasks, make_encoder(settings.tokenizer_path, cfg), cfg, settings)
     return [PackedRow.from_record(r) for r in records if r["kind"] == "packed"], cfg
@@ -168,7 +169,7 @@ def run_job(data_file: Path, pack_tokens: int, max_len: int, steps: int, warmup:
 
     out = workdir / "job"
     cfg = load_config(TrainJobConfig, None, [
-        f"output_dir={out}", "model.name_or_path=smollm2-135m-instruct", f"data.train_files={data_file}",
+        f"output_dir={out}", f"model.name_or_path={MODEL}", f"data.train_files={data_file}",
         "data.eval_files=", f"data.max_length={max_len}", f"data.pack_tokens={pack_tokens}",
         "train.num_workers=1", f"train.cpus_per_worker={os.cpu_count()}", "train.zero_stage=2",
         "train.lora.r=0", "train.lr=1e-5", f"train.max_steps={steps}", "train.checkpoint_every=0",
@@ -204,12 +205,13 @@ def plot(result: dict, path: Path) -> None:
     axes[1].bar(["bare torch", "ray_rm job"], [rows["bare"]["tokens_per_s"], rows["ray_rm"]["tokens_per_s"]],
                 color=["#999", "#2a6"])
     axes[1].set_title(f"tokens/s on the same packed rows ({result['ray_rm_vs_bare']:.2f}x)")
-    fig.suptitle(f"SmolLM2-135M fwd+bwd, fp32, {result['machine']}")
+    fig.suptitle(f"{Path(MODEL).name} fwd+bwd, fp32, {result['machine']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNG go")
     parser.add_argument("--pairs", type=int, default=96, help="hh-rlhf pairs used (first ones that fit)")
@@ -220,7 +222,9 @@ def main() -> None:
     parser.add_argument("--job-steps", type=int, default=6, help="steps of the real job (first is warmup)")
     parser.add_argument("--only", choices=["all", "layouts", "overhead"], default="all",
                         help="run only the padded/packed/shared comparison or only bare vs ray_rm")
+    parser.add_argument("--model", default=MODEL, help="model name or path (figures use SmolLM2-135M)")
     args = parser.parse_args()
+    MODEL = args.model
 
     import torch
 

@@ -44,9 +44,12 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
                              "defaults listed below)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-5")
+    verbose_key = _add_verbose_flag(parser, cls)
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    if verbose_key and args.verbose:
+        args.overrides = list(args.overrides) + [f"{verbose_key}=true"]
     for name, value in vars(args).items():
         if name != "overrides" and isinstance(value, list):
             stray = [v for v in value if isinstance(v, str) and _OVERRIDE.match(v)]
@@ -63,6 +66,20 @@ def parse_job_args(cls: type[T], argv: list[str] | None, description: str, extra
     return cfg, args
 
 
+def _add_verbose_flag(parser: argparse.ArgumentParser, cls: type) -> str | None:
+    """``--verbose``: shorthand for ``ray.verbose=true`` in jobs whose config has a ``ray`` section; the help text
+    is the schema's. Returns the dotted key it sets, or None for jobs without one."""
+    import dataclasses
+
+    ray_field = next((f for f in dataclasses.fields(cls) if f.name == "ray"), None)
+    if ray_field is None:
+        return None
+    verbose = next(f for f in dataclasses.fields(ray_field.default_factory) if f.name == "verbose")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"same as ray.verbose=true: {verbose.metadata['help']}")
+    return "ray.verbose"
+
+
 def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run a job's main; user errors exit 2 with one readable line instead of a traceback.
 
@@ -72,7 +89,9 @@ def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None =
     from ray_rm.ray_utils import install_stop_handler, last_stop_signal, shutdown_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers_before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     install_stop_handler()
+    ray_was_connected = _ray_connected()  # a caller's own connection (a notebook, a test session) is not ours to end
     code = 0
     try:
         main(argv)
@@ -84,9 +103,17 @@ def run_job(main: Callable[[list[str] | None], object], argv: list[str] | None =
         print(f"interrupted by {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
         code = 128 + signum
     finally:
-        _shutdown_quietly(shutdown_ray)
+        if not ray_was_connected:
+            _shutdown_quietly(shutdown_ray)
+        for signum, handler in handlers_before.items():  # a caller in the same process gets its handlers back
+            signal.signal(signum, handler)
     if code:
         sys.exit(code)
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # not imported yet: certainly not connected (and no import cost for --help)
+    return ray is not None and ray.is_initialized()
 
 
 def _shutdown_quietly(shutdown: Callable[[], None]) -> None:

@@ -219,6 +219,8 @@ def describe(cls) -> str:
     lines = []
     for key, tp, default, f in rows:
         shown = default if not isinstance(default, list) else ",".join(map(str, default))
+        if isinstance(shown, str) and not shown.isprintable():  # e.g. a "\n" separator: shown escaped
+            shown = repr(shown)
         help_text = f.metadata.get("help", "")
         choices = choices_of(f)
         if choices and not all(str(c) in help_text for c in choices):

@@ -47,6 +47,8 @@ class RayConfig:
                                      "'local' always starts one; anything else is passed to ray.init")
     num_cpus: int = opt(0, "logical CPUs of a locally started Ray (0 = max(4, cores), so data actors and "
                            "workers fit on small machines)")
+    verbose: bool = opt(False, "also print the INFO logs of Ray, Ray Data, Ray Train, DeepSpeed and transformers "
+                               "(default: ray_rm's progress and results, and every warning and error)")
 
 
 @dataclass
@@ -67,8 +69,18 @@ class ModelConfig:
                     ("auto", "decoder", "encoder"))
     pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder) | "
                                "mean (encoder; not exportable)", ("auto", "last", "cls", "mean"))
-    head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence)",
+    head: str = opt("scalar", "head kind (ray_rm/model/heads.py): scalar (one reward per sequence) | prm (a score "
+                              "per step of a solution, read at each step's separator) | attributes (k attribute "
+                              "regressions; reward = weights . attributes)",
                     registered("ray_rm.model.heads", "HEADS"))
+    attributes: list = opt([], "head=attributes: the attribute names, in head order (empty = the numeric fields / "
+                               "'scores' keys of the first rated training row)")
+    attribute_weights: list = opt([], "head=attributes: the combined reward's weight per attribute, in the order of "
+                                      "model.attributes (empty = 1/k each)")
+    attribute_means: list = opt([], "head=attributes: per-attribute normalisation, the head regresses "
+                                    "(value - mean) / std (empty = 0); folded into the exported head, recorded "
+                                    "in its config")
+    attribute_stds: list = opt([], "head=attributes: per-attribute normalisation scale (empty = 1)")
     attn_implementation: str = opt("auto",
                                    "attention kernel: auto = varlen (torch's varlen flash kernel on CUDA in bf16/fp16, "
                                    "SDPA blocks otherwise); flash_attention_2 = flash_attn (needs the flash-attn "
@@ -79,6 +91,8 @@ class ModelConfig:
     gradient_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     head_init_std: float = opt(0.0, "value head init std; 0 = 1/sqrt(hidden+1)")
     keep_dropout: bool = opt(False, "keep the backbone's dropout (off by default: dropout hurts RM training)")
+    step_separator: str = opt("\n", "model.head=prm: text appended to every step; a step's score is read at its "
+                                    "last token (recorded in the export as ray_rm.step_separator)")
 
 
 @dataclass
@@ -131,6 +145,8 @@ class TrainConfig:
     center_rewards_coefficient: float = opt(0.0, "adds c * mean((r_chosen + r_rejected)^2) (TRL uses 0.01)")
     barrier_coefficient: float = opt(0.01, "internlm2: weight of the log-barrier keeping rewards in (-5, 5)")
     focal_gamma: float = opt(0.0, "internlm2: >0 uses the focal ranking term with this gamma")
+    prm_last_step_only: bool = opt(False, "model.head=prm: train on each solution's last step only (TRL's "
+                                          "step_last_only; earlier steps' labels are ignored)")
     max_steps: int = opt(0, "optimizer steps to run, which is also the LR schedule's length (0 = num_epochs "
                             "over the data; the data streams, so the schedule's length is then estimated from "
                             "a packed sample (data.step_estimate_pairs), while the run still ends after exactly "
@@ -171,7 +187,8 @@ class ScoringOptions:
     gpus_per_actor: float = opt(-1.0, "GPUs per actor: -1 = 1 when the cluster has GPUs, else 0")
     dtype: str = opt("auto", "auto (bf16 on GPUs that support it, else fp32) | float32 | bfloat16 | float16", DTYPES)
     attn_implementation: str = opt("auto", "attention kernel, as model.attn_implementation", ATTENTION)
-    progress: bool = opt(True, "show a progress bar (a log line every 10 s when stderr is not a terminal)")
+    progress: bool = opt(True, "show a row progress bar with rows/s and ETA on stderr (redrawn in place on a "
+                                     "terminal, a line every 10 s in logs)")
 
 
 @dataclass

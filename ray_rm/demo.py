@@ -126,13 +126,15 @@ def stage_eval(root: Path, hf_dir: str, quick: bool) -> dict:
             "report": str(root / "eval" / "report.html")}
 
 
-def run_demo(output_dir: str = "outputs/demo", quick: bool = False, train_overrides: list[str] | None = None) -> dict:
+def run_demo(output_dir: str = "outputs/demo", quick: bool = False, train_overrides: list[str] | None = None,
+             verbose: bool = False) -> dict:
+    """Every stage on one local Ray cluster; ``verbose`` brings back the libraries' INFO logs (ray.verbose)."""
     from ray_rm.config_schema import RayConfig
     from ray_rm.ray_utils import init_ray
 
     root = Path(output_dir).resolve()
     started = time.time()
-    init_ray(RayConfig(address="local"))
+    init_ray(RayConfig(address="local", verbose=verbose))
     timings = {}
 
     def stage(name, fn, *args):

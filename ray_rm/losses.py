@@ -23,6 +23,10 @@ Pairs come from each group's ranks: every (i, j) with rank_i < rank_j, i the bet
                     -log σ(-r) for the others (the reward is the accept-minus-reject logit)
   mse               (r - score)² on sequences that carry a score (score_chosen/score_rejected, k-way scores)
   listwise          Plackett-Luce negative log-likelihood of each group's ranking
+  attribute_mse     attribute head: ((a_j - y_j) / std_j)² over the given ratings only (unit: ratings)
+  attribute_mse_bt  attribute_mse + bt on the combined reward w . a (rated rows and pairs in one run)
+  step_bce          (model.head=prm) binary cross-entropy of each labelled step's score (a logit) against its
+                    label, summed over labelled steps (unit "steps"; unlabelled steps, NaN, are masked out)
 ``train.center_rewards_coefficient`` c adds c·(r_b + r_w)² per pair to any loss (TRL).
 """
 from __future__ import annotations
@@ -40,7 +44,7 @@ from ray_rm.model.reward_model import RewardOutput
 
 BARRIER_BOUND = 5.0
 BARRIER_EPS = 1e-3
-UNITS = ("pairs", "sequences", "scored", "groups")
+UNITS = ("pairs", "sequences", "scored", "groups", "ratings", "steps")
 
 
 @dataclass
@@ -163,6 +167,38 @@ def plackett_luce(out, batch, settings):
     return {"listwise": total}
 
 
+# ---------------------------------------------------------------------------------------------- attributes
+def _masked_attribute_sse(out, batch) -> torch.Tensor:
+    """sum over given ratings of ((a - y) / std)²: the regression in the head's normalised units; a missing
+    rating (NaN) is masked out, never read as 0. Rows without ratings (pairs only, empty rows) give 0."""
+    targets = batch.seq_attributes
+    if out.attributes is None or targets is None or targets.shape[-1] == 0:
+        return out.rewards.sum() * 0.0
+    given = torch.isfinite(targets)
+    diff = (out.attributes - torch.where(given, targets, 0.0)) / out.attribute_stds
+    return torch.where(given, diff, 0.0).square().sum()
+
+
+@register_loss("attribute_mse", (("attribute_mse", "ratings"),))
+def attribute_mse(out, batch, settings):
+    return {"attribute_mse": _masked_attribute_sse(out, batch)}
+
+
+@register_loss("attribute_mse_bt", (("attribute_mse", "ratings"), ("bt", "pairs")))
+def attribute_mse_bt(out, batch, settings):
+    """Mixed runs: MSE on the rated rows' attributes + Bradley-Terry on the pairs' combined reward w . a."""
+    return {"attribute_mse": _masked_attribute_sse(out, batch), "bt": -F.logsigmoid(_pair_diff(out, batch)).sum()}
+
+# ------------------------------------------------------------------ process reward models (model.head=prm)
+@register_loss("step_bce", (("step_bce", "steps"),))
+def step_bce(out, batch, settings):
+    """Sum over labelled steps of BCE(score, label); ``out.rewards`` holds one score per step (the prm head)."""
+    labels = batch.step_labels
+    known = torch.isfinite(labels)
+    per_step = F.binary_cross_entropy_with_logits(out.rewards, torch.where(known, labels, 0.0), reduction="none")
+    return {"step_bce": torch.where(known, per_step, 0.0).sum()}
+
+
 def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -> LossResult:
     """The registered loss's sums (with units), the optional centering term, and the pairwise statistics."""
     loss = get_loss(settings.name)
@@ -180,7 +216,7 @@ def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -
 def unit_counts(batch: ModelBatch) -> dict:
     """How many of each loss unit a row holds, from host-side data (no device sync)."""
     return {"pairs": batch.num_pairs, "sequences": batch.num_sequences, "scored": batch.num_scored,
-            "groups": batch.num_groups}
+            "groups": batch.num_groups, "ratings": batch.num_ratings, "steps": batch.num_labelled_steps}
 
 
 def loss_terms(settings: LossSettings) -> tuple[tuple[str, str], ...]:

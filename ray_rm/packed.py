@@ -45,6 +45,13 @@ class PackedRow:
     group_common_lens: list[int] = field(default_factory=list)  # common token prefix of the group's sequences
     group_margins: list[float] = field(default_factory=list)  # NaN when none
     group_subsets: list[str] = field(default_factory=list)
+    # attribute head: k ratings per sequence, flattened row-major ([N * k]; NaN = not rated, masked out of the
+    # loss; a pair's sequences in a mixed run are all NaN); empty when the run trains no attribute head
+    seq_attributes: list[float] = field(default_factory=list)
+    # Process reward models (model.head=prm): one entry per step of every sequence, in row order.
+    step_index: list[int] = field(default_factory=list)  # row position of the step's last (separator) token
+    step_labels: list[float] = field(default_factory=list)  # 1.0 correct, 0.0 wrong, NaN unlabelled
+    step_seq: list[int] = field(default_factory=list)  # sequence (within this row) the step belongs to
 
     @property
     def num_tokens(self) -> int:

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 
+from ray_rm import logging_setup
 from ray_rm.config_schema import RayConfig
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,21 @@ _WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON
                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
+# Ray Data actor pools (tokenize/pack, relabel/eval scoring) fail fast: an actor that dies fails the job (relabel
+# resumes from its finished tasks) instead of Ray Data's default of restarting it and retrying its task without
+# limit, which loops forever on a deterministic crash (e.g. an OOM from a too-large pack_tokens). It also avoids
+# the ERROR line Ray's core worker logs for every restartable actor whose constructor arguments live in the object
+# store, as Ray Data's always do (ray-project/ray#57733).
+FAIL_FAST_ACTORS = {"max_restarts": 0}
+# A cluster this job starts itself is one node that cannot be preempted: Ray Train's preemption watcher (an actor
+# per run, whose creation logs the same core-worker ERROR line) has nothing to watch there.
+_LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 _OWNS_LOCAL_CLUSTER = False
 _LAST_STOP_SIGNAL: int | None = None
+# The SIGINT/SIGTERM handlers in place before ``init_ray``: ``shutdown_ray`` puts them back, so a library caller
+# (a notebook, a test session) does not keep ray_rm's stop handler after its Ray work ends.
+_HANDLERS_BEFORE_RAY: dict | None = None
 
 
 class JobStopped(KeyboardInterrupt):
@@ -72,29 +86,15 @@ def shutdown_ray() -> None:
             log.info("stopping the local Ray cluster this job started")
         ray.shutdown(wait_for_processes=_OWNS_LOCAL_CLUSTER)
     _OWNS_LOCAL_CLUSTER = False
+    _restore_signal_handlers()
 
 
-def quiet_ray_logs() -> None:
-    """Ray Data's per-operator progress logs drown the job's own lines; ray_rm prints its own summaries."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:  # Ray Train logs every report at INFO under a logger named after its file path
-        from ray.train.v2._internal.execution import context as train_context
-
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+def _restore_signal_handlers() -> None:
+    global _HANDLERS_BEFORE_RAY
+    if _HANDLERS_BEFORE_RAY is not None and threading.current_thread() is threading.main_thread():
+        for signum, handler in _HANDLERS_BEFORE_RAY.items():
+            signal.signal(signum, handler)
+    _HANDLERS_BEFORE_RAY = None
 
 
 def init_ray(cfg: RayConfig):
@@ -102,15 +102,20 @@ def init_ray(cfg: RayConfig):
 
     ``auto-local``: inside ``ray job submit`` (RAY_ADDRESS set) or next to a running ``ray start`` cluster,
     join it; otherwise start a private local cluster. ``local`` always starts one; anything else is an address.
+    ``cfg.verbose`` sets how much this process and every Ray process of the job log (``logging_setup``); when Ray
+    is already initialized (the demo runs several jobs on one connection) the first setting stays.
     """
+    global _HANDLERS_BEFORE_RAY
     import ray
 
-    quiet_ray_logs()
     if ray.is_initialized():
         return ray
+    if _HANDLERS_BEFORE_RAY is None:
+        _HANDLERS_BEFORE_RAY = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    logging_setup.configure(cfg.verbose)  # the process that connects decides, before Ray logs anything
     for k, v in _WORKER_ENV.items():
         os.environ.setdefault(k, v)
-    kwargs = {"log_to_driver": True, "runtime_env": {"env_vars": dict(_WORKER_ENV)}}
+    kwargs = init_kwargs(cfg, local=False)
     if cfg.address == "auto-local":
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**kwargs)
@@ -119,19 +124,30 @@ def init_ray(cfg: RayConfig):
                 ray.init(address="auto", **kwargs)
                 log.info("joined the running Ray cluster")
             except (ConnectionError, RuntimeError):
-                _start_local(ray, cfg, kwargs)
+                _start_local(ray, cfg)
     elif cfg.address == "local":
-        _start_local(ray, cfg, kwargs)
+        _start_local(ray, cfg)
     else:
         ray.init(address=cfg.address, **kwargs)
     install_stop_handler()  # after ray.init: Ray's core worker replaced the SIGTERM handler
     return ray
 
 
-def _start_local(ray, cfg: RayConfig, kwargs: dict) -> None:
+def init_kwargs(cfg: RayConfig, local: bool) -> dict:
+    """``ray.init``'s keyword arguments: the log switch (driver level, forwarded worker output, the variable every
+    Ray process of the job reads) and the workers' environment; ``local`` for a cluster this job starts."""
+    kwargs = logging_setup.ray_init_kwargs(cfg.verbose)
+    env = kwargs["runtime_env"]["env_vars"]
+    env.update(_WORKER_ENV)
+    if local:
+        env.update(_LOCAL_CLUSTER_ENV)
+    return kwargs
+
+
+def _start_local(ray, cfg: RayConfig) -> None:
     global _OWNS_LOCAL_CLUSTER
     num_cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, **kwargs)
+    ray.init(num_cpus=num_cpus, **init_kwargs(cfg, local=True))
     _OWNS_LOCAL_CLUSTER = True
     session = ray._private.worker._global_node.get_session_dir_path()
     log.info("started a local Ray cluster with %d logical CPUs (session %s); it stops when this job ends",

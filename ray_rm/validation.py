@@ -56,7 +56,34 @@ def _train(cfg: TrainJobConfig) -> None:
     _require(bool(cfg.data.train_files), "data.train_files is empty")
     _zero(tc)
     _precision(cfg)
+    _attributes(cfg)
     _data(cfg.data)
+    _prm(cfg)
+
+
+def _prm(cfg: TrainJobConfig) -> None:
+    """Process reward model settings that only mean something with model.head=prm."""
+    prm = cfg.model.head == "prm"
+    _require(prm or not cfg.train.prm_last_step_only, "train.prm_last_step_only needs model.head=prm")
+    _require(not prm or cfg.model.kind != "encoder", "model.head=prm reads step ends causally: use a decoder")
+    _require(not prm or cfg.data.chat_template != "never", "model.head=prm tokenizes message prompts with the chat "
+                                                           "template; data.chat_template=never is not supported")
+
+
+def _attributes(cfg: TrainJobConfig) -> None:
+    """The attribute head's settings: one value per named attribute, one head output per sequence gathered whole."""
+    mc = cfg.model
+    if mc.head != "attributes":
+        _require(not (mc.attributes or mc.attribute_weights or mc.attribute_means or mc.attribute_stds),
+                 f"model.attributes / model.attribute_* are settings of model.head=attributes, not {mc.head}")
+        return
+    _require(cfg.train.sequence_parallel_size == 1,
+             "model.head=attributes does not run under sequence parallelism; set train.sequence_parallel_size=1")
+    for key in ("attribute_weights", "attribute_means", "attribute_stds"):
+        values = getattr(mc, key)
+        _require(not values or not mc.attributes or len(values) == len(mc.attributes),
+                 f"model.{key} has {len(values)} values but model.attributes names {len(mc.attributes)}")
+    _require(all(float(s) > 0 for s in mc.attribute_stds), "model.attribute_stds must be positive")
 
 
 def _zero(tc) -> None:

@@ -13,6 +13,7 @@ Tests marked ``gpu`` need CUDA and are skipped without it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_SESSION_START = time.monotonic()
+_TEST_SECONDS: dict = {}
+SLOW_LINE_S = 20.0  # tests at least this long are named as they finish, so a CI log cut by a time limit still says where the time went
+
+
+def pytest_runtest_logreport(report):
+    _TEST_SECONDS[report.nodeid] = _TEST_SECONDS.get(report.nodeid, 0.0) + report.duration
+    if report.when == "teardown" and _TEST_SECONDS[report.nodeid] >= SLOW_LINE_S:
+        elapsed = time.monotonic() - _SESSION_START
+        print(f"\n[{_TEST_SECONDS[report.nodeid]:6.1f}s, {elapsed / 60:5.1f} min in] {report.nodeid}", flush=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -132,6 +145,19 @@ def exported_tiny_rm(tmp_path_factory, tiny_decoder_dir) -> str:
     out = tmp_path_factory.mktemp("exported_rm") / "hf"
     export_hf(model, tiny_decoder_dir, out, {"chat_template": "auto", "max_length": 1024,
                                               "reward_mean": 0.25, "reward_std": 2.0})
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_prm(tmp_path_factory, tiny_decoder_dir) -> str:
+    """An exported process reward model (model.head=prm, random tiny decoder + head, "\n" separator)."""
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.model.build import build_reward_model
+    from ray_rm.model.export import export_hf
+
+    model = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir, head="prm", head_init_std=0.5), seed=5)
+    out = tmp_path_factory.mktemp("exported_prm") / "hf"
+    export_hf(model, tiny_decoder_dir, out, {"chat_template": "auto", "max_length": 1024})
     return str(out)
 
 

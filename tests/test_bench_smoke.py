@@ -21,29 +21,31 @@ def run_bench(script: str, out: Path, *args: str) -> dict:
     return json.loads((out / f"{script}.json").read_text())
 
 
-def test_train_throughput_bench_runs(tmp_path):
+def test_train_throughput_bench_runs(tmp_path, tiny_decoder_dir):
     result = run_bench("train_throughput", tmp_path, "--pairs", "8", "--pairs-per-step", "4", "--steps", "2",
-                       "--max-len", "256", "--pack-tokens", "512", "--job-steps", "2")
+                       "--max-len", "256", "--pack-tokens", "512", "--job-steps", "2", "--model", tiny_decoder_dir)
     same = result["same_pairs_per_step"]
     assert {"padded", "packed", "shared"} <= set(same) and all(v["pairs_per_s"] > 0 for v in same.values())
     assert result["same_packed_rows"]["ray_rm"]["steps"] == 1 and result["ray_rm_vs_bare"] > 0
 
 
-def test_serve_throughput_bench_runs(tmp_path):
-    result = run_bench("serve_throughput", tmp_path, "--concurrency", "1,8", "--requests", "2,16")
+def test_serve_throughput_bench_runs(tmp_path, exported_tiny_rm):
+    result = run_bench("serve_throughput", tmp_path, "--concurrency", "1,8", "--requests", "2,16",
+                       "--reward-model", exported_tiny_rm)
     for name in ("ray_rm", "baseline"):
         levels = result[name]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 8] and all(lv["requests_per_s"] > 0 for lv in levels)
-    # at concurrency 8 the engine batches requests into shared forwards; the baseline runs them one by one
-    # (a ratio from one run, not a time: README's serving table)
-    assert result["speedup_per_level"][-1] > 1.0, result["speedup_per_level"]
+    # both servers gave the same rewards for the same rollouts (the speed ratio itself is the bench's output,
+    # measured with SmolLM2 in the README, never asserted in a test)
+    assert result["max_abs_reward_diff_vs_baseline"] < 1e-4
 
 
-def test_relabel_throughput_bench_runs(tmp_path):
-    result = run_bench("relabel_throughput", tmp_path, "--rows", "4", "--rows-per-task", "2", "--repeats", "1")
+def test_relabel_throughput_bench_runs(tmp_path, exported_tiny_rm):
+    result = run_bench("relabel_throughput", tmp_path, "--rows", "4", "--rows-per-task", "2", "--repeats", "1",
+                       "--reward-model", exported_tiny_rm)
     best = result["best"]
     # the job read every input row (written or dropped by reason), and the ratio is of the same runs
-    assert best["relabel"]["rows"] == 4 and best["bare"]["rows_per_s"] > 0
+    assert [r["relabel"]["rows"] for r in result["rounds"]] == [4] and best["bare"]["rows_per_s"] > 0
     assert result["ratio_end_to_end"] == best["relabel"]["rows_per_s"] / best["bare"]["rows_per_s"]
 
 

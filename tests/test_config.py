@@ -185,6 +185,7 @@ def test_help_lists_every_key_with_default_and_explanation(capsys):
         line = next((ln for ln in lines if ln.split() and ln.split()[0] == key), None)
         assert line is not None, f"--help does not list {key}"
         shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        shown = shown if shown.isprintable() else repr(shown)
         assert f"= {shown}" in line and help_text[:30] in " ".join(out.split()), key
 
 
@@ -219,10 +220,15 @@ def test_run_job_prints_user_errors_as_one_line(capsys):
     def main(argv):
         raise DataError("missing; a preference row needs 'chosen'", "x.jsonl", 3, "chosen")
 
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(SystemExit) as info:
         run_job(main, [])
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: x.jsonl, row 3, field 'chosen': missing; a preference row needs 'chosen'\n"
+    # the job's stop handler is gone again: a caller in the same process (this test session) keeps its own
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 @pytest.mark.parametrize("key, value", [("on_error", "rasie"), ("overlength", "truncate"), ("chat_template", "maybe")])

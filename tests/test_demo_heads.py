@@ -143,10 +143,11 @@ def test_attribute_ratings_match_the_answers(name):
     assert 0.4 < np.mean(np.array(correctness) > 0) < 0.6 and set(verbosity) == {0, 1, 2, 3, 4}
 
 
-def test_attribute_mixed_set_pairs_prefer_the_more_helpful_answer():
-    schema = AttributeSchema.from_row(demo_attributes.make_row("attributes-mixed", 0))
+@pytest.mark.parametrize("name", ["attributes-mixed", "attributes-mixed-eval"])
+def test_attribute_mixed_set_pairs_prefer_the_more_helpful_answer(name):
+    schema = AttributeSchema.from_row(demo_attributes.make_row(name, 0))
     for i in range(200):
-        raw = demo_attributes.make_row("attributes-mixed", i)
+        raw = demo_attributes.make_row(name, i)
         if i % 4 == 3:
             ex = normalize_row(raw, "mixed", i + 1)
             q = ex.prompt[0][1]
@@ -163,6 +164,7 @@ def test_attribute_train_and_eval_questions_are_disjoint():
         return {demo_attributes.make_row(name, i)["prompt"][0]["content"] for i in range(n)}
 
     assert not questions("attributes", 800) & questions("attributes-eval", 200)
+    assert not questions("attributes-mixed", 800) & questions("attributes-mixed-eval", 200)
 
 
 def test_builtin_sets_read_through_sources():

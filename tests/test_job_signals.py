@@ -113,3 +113,31 @@ def test_job_that_joined_a_cluster_leaves_it_running(private_cluster, tiny_decod
     status = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", f"--address={address}"],
                             env=ENV, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "CPU" in status.stdout, status.stdout + status.stderr
+
+
+LIBRARY_CALLER = """
+import signal, ray
+from ray_rm.cli import run_job
+from ray_rm.config_schema import RayConfig
+from ray_rm.ray_utils import init_ray, shutdown_ray
+
+marker = lambda *_: None
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, marker)
+init_ray(RayConfig(address="local", num_cpus=1))
+assert signal.getsignal(signal.SIGTERM) is not marker, "the job's stop handler is in place"
+run_job(lambda argv: None, [])  # a job run inside a process already connected to Ray
+assert ray.is_initialized(), "run_job ended a connection it did not make"
+shutdown_ray()
+assert signal.getsignal(signal.SIGTERM) is marker and signal.getsignal(signal.SIGINT) is marker, "handlers not restored"
+print("LIBRARY-CALLER-OK")
+"""
+
+
+def test_library_use_gets_its_own_signal_handlers_back_after_shutdown():
+    """init_ray installs ray_rm's stop handler (a job must stop cleanly); a caller that only borrowed Ray
+    (a notebook, a test session) must get its own SIGINT/SIGTERM handlers and its Ray connection back.
+    Run in a fresh process: this test session is already connected to its shared cluster."""
+    proc = subprocess.run([sys.executable, "-c", LIBRARY_CALLER], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "LIBRARY-CALLER-OK" in proc.stdout, proc.stderr[-3000:]

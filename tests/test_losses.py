@@ -43,7 +43,8 @@ def run(name, batch, rewards, token_values=None, **kw):
 
 
 def test_registry_lists_every_loss():
-    assert set(LOSSES) == {"bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise"}
+    assert set(LOSSES) == {"bt", "logexp", "margin", "internlm2", "token_divergence", "ce2", "mse", "listwise",
+                           "attribute_mse", "attribute_mse_bt", "step_bce"}
 
 
 def test_a_registered_loss_is_picked_up_by_name_and_unknown_names_list_the_choices(two_pairs):
@@ -164,9 +165,11 @@ def test_token_divergence_after_first_differing_token(share_prompt):
 def test_losses_never_read_device_values_on_the_host(name):
     """On the meta device every value read (.tolist(), float(), bool(), mask indexing) raises: a loss that
     runs there never waits for the GPU. Index data is built on the CPU by collate_row instead."""
-    g3 = TokenizedGroup("k", [[1, 2, 3], [1, 2, 4, 5], [1, 6]], [0, 1, 2], 1, NAN, [3.0, 1.0, 0.5])
+    g3 = TokenizedGroup("k", [[1, 2, 3], [1, 2, 4, 5], [1, 6]], [0, 1, 2], 1, NAN, [3.0, 1.0, 0.5],
+                        step_ends=[[1, 2], [3], [1]], step_labels=[[1.0, NAN], [0.0], [1.0]])
     batch = collate_row(row_of([pair("a", [1, 2, 3], [1, 2, 4, 5], margin=2.0, common=2), g3], True)).to("meta")
-    rewards = torch.zeros(batch.num_sequences, device="meta", requires_grad=True)
+    outputs = batch.step_index.numel() if name == "step_bce" else batch.num_sequences  # the prm head: per step
+    rewards = torch.zeros(outputs, device="meta", requires_grad=True)
     values = torch.zeros(batch.input_ids.shape[1], device="meta")
     res = compute_loss(RewardOutput(rewards, values), batch, LossSettings(name=name, center_rewards_coefficient=0.01))
     assert all(v.device.type == "meta" for v, _ in res.terms.values())

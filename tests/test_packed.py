@@ -17,13 +17,17 @@ from ray_rm.packed import PackedRow, attention_blocks, packed_row_fields, packed
 
 
 def _groups() -> list[TokenizedGroup]:
-    return [TokenizedGroup("a", [[1, 2, 3, 4], [1, 2, 5]], [0, 1], 2, 0.5, [math.nan, math.nan], "s1"),
-            TokenizedGroup("b", [[7, 8], [9, 8, 7]], [1, 0], 0, math.nan, [1.0, 2.0], "")]
+    return [TokenizedGroup("a", [[1, 2, 3, 4], [1, 2, 5]], [0, 1], 2, 0.5, [math.nan, math.nan], "s1",
+                           attributes=[[1.0, math.nan], [3.0, 0.5]]),
+            TokenizedGroup("b", [[7, 8], [9, 8, 7]], [1, 0], 0, math.nan, [1.0, 2.0], "",
+                           attributes=[[math.nan, math.nan], [2.0, 4.0]])]
 
 
 def test_schema_has_one_typed_column_per_field_in_order():
     expected = {int: pa.list_(pa.int32()), float: pa.list_(pa.float64()), str: pa.list_(pa.string())}
-    row = next(pack_groups(_groups(), 64, share_prompt=True))
+    steps = TokenizedGroup("c", [[1, 2, 3]], [0], 0, math.nan, [math.nan], "", step_ends=[[1, 2]],
+                           step_labels=[[1.0, math.nan]])  # a PRM group fills the step fields
+    row = next(pack_groups(_groups() + [steps], 64, share_prompt=True))
     got = packed_row_fields()
     assert [name for name, _ in got] == [f.name for f in fields(PackedRow)]
     for name, arrow_type in got:  # the column type is the type of the values the packer writes
@@ -41,11 +45,11 @@ def test_rows_survive_the_arrow_round_trip_of_the_stream():
 
 def test_a_new_field_is_one_line_and_reaches_the_schema():
     @dataclass
-    class RowWithSteps(PackedRow):
-        step_index: list[int] = field(default_factory=list)  # e.g. a PRM head's step-end positions
+    class RowWithMore(PackedRow):
+        extra_index: list[int] = field(default_factory=list)  # e.g. a new head's read positions
 
-    names = dict(packed_row_fields(RowWithSteps))
-    assert names["step_index"] == pa.list_(pa.int32()) and list(names)[:-1] == [n for n, _ in packed_row_fields()]
+    names = dict(packed_row_fields(RowWithMore))
+    assert names["extra_index"] == pa.list_(pa.int32()) and list(names)[:-1] == [n for n, _ in packed_row_fields()]
 
 
 def test_layout_helpers_agree_with_a_prompt_shared_row():

@@ -17,6 +17,9 @@ COVERED_BY = {
     "make test": "tests/test_readme.py::test_make_targets_run_the_readme_test_commands",
     "python jobs/train_rm.py --config": "tests/test_readme.py::test_train_command_parses_config_and_overrides",
     "python jobs/train_rm.py --help": "tests/test_readme.py::test_job_help",
+    "python jobs/train_rm.py model.head=attributes":
+        "tests/test_attribute_train.py::test_mixed_rated_and_pair_rows_train_and_export_every_attribute",
+    "python jobs/train_rm.py model.head=prm": "tests/test_prm_train_job.py::test_prm_trains_exports_and_evaluates",
     "python jobs/serve_rm.py": "tests/test_serve_job.py::test_serve_job_serves_with_token_and_stops_cleanly_on_sigterm",
     "python jobs/relabel_dpo.py": "tests/test_relabel.py::test_killed_job_resumes_to_identical_output",
     "python jobs/eval_rm.py": "tests/test_readme.py::test_eval_command_writes_report",

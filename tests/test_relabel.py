@@ -1,8 +1,8 @@
 """End-to-end relabel jobs on a real local Ray cluster with a real (tiny, exported) reward model.
 
-References are independent of the job: every candidate is re-scored alone (one sequence per forward,
-no packing, no prompt sharing) with ``RewardScorer.score``, and the expected outputs are derived from
-those scores in the test.
+References are independent of ray_rm: every candidate is re-scored alone by plain transformers
+(``AutoTokenizer(prompt + response)`` -> ``AutoModelForSequenceClassification``, one sequence per forward, no
+packing, no prompt sharing: the export contract), and the expected outputs are derived from those scores.
 """
 from __future__ import annotations
 
@@ -45,12 +45,25 @@ def candidates_file(tmp_path_factory) -> Path:
     return path
 
 
+def plain_transformers_scorer(model_dir: str):
+    """(prompt, responses) -> rewards, each ``prompt + response`` alone through plain transformers."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    clf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+    def plain_scores(prompt: str, responses: list) -> list:
+        with torch.no_grad():
+            return [clf(**tok(prompt + r, return_tensors="pt")).logits[0, 0].item() for r in responses]
+
+    return plain_scores
+
+
 @pytest.fixture(scope="module")
 def reference(candidates_file, exported_tiny_rm) -> dict:
     """Each valid row's candidate scores, every sequence scored alone: {row number: (prompt, responses, scores)}."""
-    from ray_rm.scoring import RewardScorer
-
-    scorer = RewardScorer(exported_tiny_rm)
+    plain_scores = plain_transformers_scorer(exported_tiny_rm)
     ref = {}
     for rowno, line in enumerate(candidates_file.read_text().splitlines(), start=1):
         try:
@@ -58,7 +71,7 @@ def reference(candidates_file, exported_tiny_rm) -> dict:
         except json.JSONDecodeError:
             continue
         if isinstance(raw.get("responses"), list):
-            ref[rowno] = (raw["prompt"], raw["responses"], scorer.score([(raw["prompt"], r) for r in raw["responses"]]))
+            ref[rowno] = (raw["prompt"], raw["responses"], plain_scores(raw["prompt"], raw["responses"]))
     return ref
 
 
@@ -128,15 +141,14 @@ def test_all_pairs_with_min_margin_and_changed_settings(ray_local, tmp_path, can
 
 def test_rejudge_swap_and_best_of_n(ray_local, tmp_path, exported_tiny_rm):
     from ray_rm.relabel.runner import run_relabel
-    from ray_rm.scoring import RewardScorer
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(line + "\n" for line in HH_TEST.read_text().splitlines()[:24]))
     summary = run_relabel(_job(exported_tiny_rm, pairs, tmp_path / "rj", "relabel.mode=rejudge",
                                "relabel.disagree=swap"))
-    scorer = RewardScorer(exported_tiny_rm)
+    plain_scores = plain_transformers_scorer(exported_tiny_rm)
     exs = _hh(24)[:24]
-    ref = {ex.example_id.split(":")[1]: scorer.score([(ex.prompt, r) for r in ex.responses]) for ex in exs}
+    ref = {ex.example_id.split(":")[1]: plain_scores(ex.prompt, list(ex.responses)) for ex in exs}
     agree = sum(s[0] > s[1] for s in ref.values())
     assert summary["counts"]["agree"] == agree and summary["counts"]["swapped"] == 24 - agree
     assert summary["rows_read"] == summary["rows_written"] == 24

@@ -59,6 +59,7 @@ def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, ti
     assert json.loads((out / "summary.json").read_text())["hf_checkpoint"] == str(out / "hf")
     check = summary["export_check"]  # the self-test ran on training examples + the built-in ones
     assert check["passed"] and check["items"] >= 8 and check["max_abs_diff"] < 1e-4, check
+    assert_curves_match_logged_metrics(out, summary)
 
     # the exported checkpoint, loaded by plain transformers, gives ray_rm's rewards for the same text
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -77,6 +78,23 @@ def test_two_workers_zero_loss_falls_and_export_reproduces_rewards(ray_local, ti
     assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-4
     meta = clf.config.ray_rm
     assert meta["reward_std"] > 0 and meta["contract"] == "no_hidden_tokens" and "append_eos" not in meta
+
+
+def assert_curves_match_logged_metrics(out: Path, summary: dict):
+    """summary.json's curves: every step's train loss/accuracy as metrics.jsonl logged it, the final eval as Ray
+    Train reported it; train_curves.png is a real PNG of the planned size."""
+    saved = json.loads((out / "summary.json").read_text())["curves"]
+    logged = [(m["global_step"], m["train/rm/loss"], m["train/rm/accuracy"]) for m in read_metrics(out)
+              if "train/rm/loss" in m]
+    assert len(logged) == summary["steps"]
+    assert list(zip(saved["train"]["step"], saved["train"]["loss"], saved["train"]["accuracy"])) == logged
+    final = summary["final_metrics"]  # eval_every=0: the final eval is the only one
+    assert saved["eval"] == {"step": [summary["steps"]], "loss": [final["eval/rm/loss"]],
+                             "accuracy": [final["eval/rm/accuracy"]]}
+    png = (out / "train_curves.png").read_bytes()
+    assert summary["curves_png"] == str(out / "train_curves.png") and len(png) > 1000
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1000, 400)  # 10 x 4 in, 100 dpi
 
 
 def test_lora_checkpoint_holds_the_value_head_and_export_merges(ray_local, tiny_decoder_dir, tmp_path):

@@ -98,10 +98,14 @@ def test_killed_job_resumes_at_the_next_row(reference, tiny_decoder_dir, tmp_pat
     assert not (out / "hf").exists()  # it really was interrupted
     steps_before = [m["global_step"] for m in read_metrics(out)]
     last_checkpoint = max(registered_steps(out))
-    run_training(tiny_config(tiny_decoder_dir, out, **RUN))
+    summary = run_training(tiny_config(tiny_decoder_dir, out, **RUN))
     resumed = [m["global_step"] for m in read_metrics(out)][len(steps_before):]
     assert resumed[0] == last_checkpoint + 1  # continued after the checkpoint, not from step 1
     assert_same_as_reference(out, reference)
+    # the loss curve survived the restart (carried in the checkpoint): one point per step, as uninterrupted
+    curve, ref_curve = summary["curves"]["train"], reference[1]["curves"]["train"]
+    assert curve["step"] == ref_curve["step"] == list(range(1, summary["steps"] + 1))
+    assert max(abs(a - b) for a, b in zip(curve["loss"], ref_curve["loss"])) < 1e-4
 
 
 def test_killed_worker_recovers_with_failure_config(reference, tiny_decoder_dir, tmp_path):

@@ -12,7 +12,7 @@ HelpSteer's 0-4 scale:
     correctness  = 4 if the answer is right else 0
     verbosity    = v (the number of filler sentences)
     helpfulness  = max(0, correctness - max(0, v - 1))   a right, terse answer is the most helpful
-Sets: ``attributes`` / ``attributes-eval`` (rated rows only) and ``attributes-mixed`` (every 4th row,
+Sets: ``attributes`` / ``attributes-eval`` (rated rows only) and ``attributes-mixed`` / ``-mixed-eval`` (every 4th row,
 i % 4 == 3, is a preference pair whose chosen answer has the higher helpfulness; rated rows with
 i % 8 == 1 omit helpfulness, to exercise masking; row 0 is a complete rated row, so the attribute
 names can be read from it).
@@ -23,7 +23,8 @@ import random
 
 from ray_rm.data.demo_data import _MAKERS, FAMILIES
 
-SETS = {"attributes": (0, 1), "attributes-eval": (1, 4), "attributes-mixed": (0, 1)}  # (split id, divisor)
+SETS = {"attributes": (0, 1), "attributes-eval": (1, 4), "attributes-mixed": (0, 1),
+        "attributes-mixed-eval": (1, 4)}  # (split id, divisor)
 ATTRIBUTES = ("helpfulness", "correctness", "verbosity")
 MAX_VERBOSITY = 4
 FILLERS = ("Let me think about this.", "Good question.", "Here is what I found.", "I checked it twice.",
@@ -58,7 +59,7 @@ def _rated(name: str, index: int, rng: random.Random) -> dict:
     row = {"prompt": [{"role": "user", "content": question}],
            "response": [{"role": "assistant", "content": pad(rng, right if correct else wrong, verbosity)}],
            **ratings(correct, verbosity), "subset": family}
-    if name == "attributes-mixed" and index % 8 == 1:
+    if name.startswith("attributes-mixed") and index % 8 == 1:
         del row["helpfulness"]
     return row
 
@@ -80,6 +81,6 @@ def _pair(name: str, index: int, rng: random.Random) -> dict:
 
 def make_row(name: str, index: int) -> dict:
     rng = random.Random(f"ray_rm-{name}-{index}")
-    if name == "attributes-mixed" and index % 4 == 3:
+    if name.startswith("attributes-mixed") and index % 4 == 3:
         return _pair(name, index, rng)
     return _rated(name, index, rng)

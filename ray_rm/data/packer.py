@@ -34,8 +34,10 @@ def append_group(row: PackedRow, group: TokenizedGroup, share_prompt: bool) -> N
     if prefix:
         row.input_ids.extend(group.sequences[0][:prefix])
         row.position_ids.extend(range(prefix))
-    for seq, rank, score in zip(group.sequences, group.ranks, scores):
+    for i, (seq, rank, score) in enumerate(zip(group.sequences, group.ranks, scores)):
         own = seq[prefix:]
+        if group.step_ends:
+            _append_steps(row, group, i, group_start=start, own_start=len(row.input_ids), prefix=prefix)
         row.input_ids.extend(own)
         row.position_ids.extend(range(prefix, prefix + len(own)))
         row.seq_laid_out_lens.append(len(own))
@@ -45,12 +47,25 @@ def append_group(row: PackedRow, group: TokenizedGroup, share_prompt: bool) -> N
         row.seq_ranks.append(int(rank))
         row.seq_scores.append(float(score))
     assert len(row.input_ids) - start == group.num_tokens(share_prompt)
+    for ratings in group.attributes:  # one list of k per sequence (attribute runs only)
+        row.seq_attributes.extend(float(v) for v in ratings)
     row.group_ids.append(group.example_id)
     row.group_sizes.append(k)
     row.group_prefix_lens.append(prefix)
     row.group_common_lens.append(group.shared_len)
     row.group_margins.append(float(group.margin))
     row.group_subsets.append(group.subset)
+
+
+def _append_steps(row: PackedRow, group: TokenizedGroup, i: int, group_start: int, own_start: int,
+                  prefix: int) -> None:
+    """Row positions of sequence i's step ends: inside the shared prefix (laid out once, and the same hidden
+    state for every sequence under causal attention) or inside the sequence's own suffix."""
+    seq = len(row.seq_group)
+    for end, label in zip(group.step_ends[i], group.step_labels[i]):
+        row.step_index.append(group_start + end if end < prefix else own_start + end - prefix)
+        row.step_labels.append(float(label))
+        row.step_seq.append(seq)
 
 
 class _Bin:

@@ -42,6 +42,21 @@ class PackSettings:
     tokenizer_path: str
     share_prompt: bool
     seed: int | None = None
+    attributes: tuple = ()  # model.head=attributes: the attribute names (rated rows are read and packed)
+    head: str = "scalar"  # model.head: "prm" reads stepwise rows (ray_rm/data/step_groups.py)
+    step_separator: str = "\n"  # model.step_separator (prm)
+    prm_last_step_only: bool = False  # train.prm_last_step_only (prm)
+
+
+def task_groups(task: ReadTask, encoder, data_cfg: DataConfig, settings: PackSettings):
+    """(groups, drop report) of one read task: stepwise rows for prm, else preference (and, for the attribute
+    head, rated) rows."""
+    if settings.head == "prm":
+        from ray_rm.data.step_groups import process_step_task
+
+        return process_step_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
+                                 settings.step_separator, settings.prm_last_step_only)
+    return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed, settings.attributes)
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
@@ -78,7 +93,7 @@ def make_encoder(tokenizer_path: str, data_cfg: DataConfig):
 def prepare_and_pack(task: ReadTask, task_index: int, encoder, data_cfg: DataConfig,
                      settings: PackSettings) -> pa.Table:
     """The work of one task; the same function backs the Ray stage and the direct (Ray-free) reference."""
-    groups, report = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+    groups, report = task_groups(task, encoder, data_cfg, settings)
     rows = list(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
     return rows_to_table(rows, report, task_index)
 
@@ -110,6 +125,8 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     """A lazy ``ray.data.Dataset`` of packed rows and per-task report rows over all read tasks, in seed order."""
     from ray.data import DataContext
 
+    from ray_rm.ray_utils import FAIL_FAST_ACTORS
+
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
@@ -131,7 +148,7 @@ def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings:
     ds = ds.map_batches(
         PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
         batch_size=1, compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
-        batch_format="numpy", num_cpus=1,
+        batch_format="numpy", num_cpus=1, **FAIL_FAST_ACTORS,
     )
     if window_bytes:  # a training stream: bounded, and quiet in the worker's log
         ds.context.execution_options = ExecutionOptions(
@@ -156,7 +173,7 @@ def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSet
     encoder = make_encoder(settings.tokenizer_path, data_cfg)
     rows, report = [], DropReport()
     for i, task in enumerate(ordered_tasks(files, data_cfg, settings.seed)):
-        groups, rep = process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed)
+        groups, rep = task_groups(task, encoder, data_cfg, settings)
         rows.extend(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
         report.merge(rep)
     return rows, report

@@ -12,8 +12,10 @@ from dataclasses import replace
 from typing import Callable, Iterator
 
 from ray_rm.config_schema import DataConfig
+from ray_rm.data import rated_groups
 from ray_rm.data.formats import PreferenceExample, normalize_row
 from ray_rm.data.quality import DropReport, quality_drop
+from ray_rm.data.ratings import RatedExample
 from ray_rm.data.sources import ReadTask, read_task_rows
 from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examples
 from ray_rm.errors import DataError
@@ -79,11 +81,17 @@ def read_examples(task: ReadTask, report: DropReport, on_error: str,
 
 
 def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, share_prompt: bool,
-                 seed: int | None = None) -> tuple[list[TokenizedGroup], DropReport]:
+                 seed: int | None = None, attributes: tuple = ()) -> tuple[list[TokenizedGroup], DropReport]:
+    """``attributes``: the attribute names of a ``model.head=attributes`` run (rated rows and pairs are read;
+    see ``rated_groups``); empty for every other head."""
     cfg = resolve_max_length(cfg, encoder.tokenizer.name_or_path)  # a no-op when the driver resolved it
     report = DropReport()
-    examples = []
-    for ex in read_examples(task, report, cfg.on_error):
+    examples, rated = [], []
+    parse = rated_groups.attribute_row_parser(attributes) if attributes else normalize_row
+    for ex in read_examples(task, report, cfg.on_error, parse):
+        if isinstance(ex, RatedExample):
+            rated.append(ex)
+            continue
         dropped = quality_drop(ex, drop_identical=cfg.drop_identical,
                                drop_score_disagreement=cfg.drop_score_disagreement,
                                min_response_chars=cfg.min_response_chars, max_similarity=cfg.max_similarity)
@@ -91,13 +99,24 @@ def process_task(task: ReadTask, encoder: SequenceEncoder, cfg: DataConfig, shar
             report.drop(*dropped)
             continue
         examples.append(ex)
+    items = tokenize_examples(encoder, examples, cfg.max_length, cfg.overlength)
+    if attributes:
+        items = rated_groups.with_unrated_targets(items, len(attributes)) + \
+            rated_groups.tokenize_rated(encoder, rated, cfg.max_length, cfg.overlength)
+    return keep_within_budget(items, report, cfg.pack_tokens, share_prompt, task, seed)
+
+
+def keep_within_budget(items, report: DropReport, pack_tokens: int, share_prompt: bool, task: ReadTask,
+                       seed: int | None) -> tuple[list, DropReport]:
+    """The end of every task's preparation (pairs, rated rows, stepwise rows): count the drops already decided
+    (``(reason, detail)`` tuples), drop groups over the row budget, and shuffle the rest reproducibly per task."""
     groups = []
-    for item in tokenize_examples(encoder, examples, cfg.max_length, cfg.overlength):
+    for item in items:
         if isinstance(item, tuple):
             report.drop(*item)
-        elif item.num_tokens(share_prompt) > cfg.pack_tokens:
+        elif item.num_tokens(share_prompt) > pack_tokens:
             report.drop("over_budget", f"{item.example_id}: {item.num_tokens(share_prompt)} tokens > "
-                                       f"data.pack_tokens {cfg.pack_tokens}")
+                                       f"data.pack_tokens {pack_tokens}")
         else:
             groups.append(item)
     report.rows_kept = len(groups)

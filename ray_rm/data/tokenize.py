@@ -31,6 +31,11 @@ class TokenizedGroup:
     margin: float = math.nan
     scores: list = field(default_factory=list)
     subset: str = ""
+    attributes: list = field(default_factory=list)  # attribute head: k ratings per sequence (NaN = none), or empty
+    # PRM groups only: per sequence, the position (in the full sequence) of each step's last token and its
+    # label (1.0 / 0.0 / NaN unlabelled); see ray_rm/data/step_groups.py.
+    step_ends: list = field(default_factory=list)
+    step_labels: list = field(default_factory=list)
 
     def num_tokens(self, share_prompt: bool) -> int:
         total = sum(len(s) for s in self.sequences)

@@ -14,28 +14,39 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_rm.data.formats import normalize_row
 from ray_rm.data.prepare import read_examples
+from ray_rm.data.rated_groups import attribute_row_parser
+from ray_rm.data.ratings import RatedExample
 from ray_rm.data.quality import DropReport, usage_line
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError, UserError
+from ray_rm.eval.attribute_eval import RatedScore, attribute_section, score_rated
 from ray_rm.eval.config import EvalConfig, EvalJobConfig
 from ray_rm.eval.metrics import ScoredExample, compute_metrics
 from ray_rm.eval.report import write_report
 from ray_rm.eval.rewardbench2 import rewardbench2_scores
+from ray_rm.progress import ProgressBar
 from ray_rm.scoring.examples import ResponseScores, score_examples
-from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.pool import map_tasks, resolve_gpus
 from ray_rm.scoring.scorer import make_scorer
 from ray_rm.validation import validate
 
 log = logging.getLogger(__name__)
 
 
-def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True) -> tuple[list[ScoredExample],
-                                                                                     DropReport]:
+def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True,
+               rated: list | None = None) -> tuple[list[ScoredExample], DropReport]:
     """Read, normalize and score one task's rows; malformed and unusable rows are counted, not scored;
-    over-length ones are left-truncated (flagged) or, with ``truncate=False``, dropped (counted)."""
-    report, examples = DropReport(), []
-    for ex in read_examples(task, report, on_error):
+    over-length ones are left-truncated (flagged) or, with ``truncate=False``, dropped (counted).
+    An attribute model also reads rated rows: their ``RatedScore``s are appended to ``rated``."""
+    report, examples, rated_examples = DropReport(), [], []
+    names = scorer.attribute_names
+    parse = attribute_row_parser(tuple(names)) if names else normalize_row
+    for ex in read_examples(task, report, on_error, parse):
+        if isinstance(ex, RatedExample):
+            rated_examples.append(ex)
+            continue
         if len(set(ex.ranks)) == 1:
             report.drop("no_preference", f"{ex.example_id}: all {len(ex.ranks)} responses are tied")
             continue
@@ -47,7 +58,12 @@ def score_task(task: ReadTask, scorer, on_error: str, truncate: bool = True) -> 
                                      s.truncated))
         else:
             report.drop(*s)
-    report.rows_kept = len(out)
+    scores, drops = score_rated(scorer, rated_examples, truncate) if rated_examples else ([], [])
+    for d in drops:
+        report.drop(*d)
+    if rated is not None:
+        rated.extend(scores)
+    report.rows_kept = len(out) + len(scores)
     return out, report
 
 
@@ -59,13 +75,18 @@ class EvalActor:
         self.scorer = make_scorer(cfg.model_path, gpus, cfg.cpus_per_actor, cfg.pack_tokens, cfg.dtype,
                                   cfg.attn_implementation)
 
+    def score_one(self, task: ReadTask) -> dict:
+        """One task's JSON-ready result (``prm_runner.StepEvalActor`` scores stepwise rows instead)."""
+        rated: list = []
+        examples, report = score_task(task, self.scorer, self.on_error, self.truncate, rated)
+        return {"examples": [vars(e) for e in examples], "report": report.to_dict(),
+                "rated": [vars(r) for r in rated], "attribute_names": self.scorer.attribute_names}
+
     def __call__(self, batch: dict) -> dict:
         results, errors = [], []
         for task_json in batch["task"]:
             try:
-                examples, report = score_task(ReadTask.from_dict(json.loads(task_json)), self.scorer, self.on_error,
-                                              self.truncate)
-                results.append(json.dumps({"examples": [vars(e) for e in examples], "report": report.to_dict()}))
+                results.append(json.dumps(self.score_one(ReadTask.from_dict(json.loads(task_json)))))
                 errors.append("")
             except DataError as exc:
                 results.append("")
@@ -73,8 +94,9 @@ class EvalActor:
         return {"task_index": batch["task_index"], "result": results, "error": errors}
 
 
-def score_dataset(job: EvalJobConfig) -> tuple[list[ScoredExample], DropReport]:
-    """Scored examples in input order, and the drop report, for ``data.eval_files``."""
+def score_dataset(job: EvalJobConfig, rated: dict | None = None) -> tuple[list[ScoredExample], DropReport]:
+    """Scored examples in input order, and the drop report, for ``data.eval_files``; an attribute model's
+    rated rows land in ``rated`` ({"names": [...], "scores": [RatedScore, ...]})."""
     from ray_rm.ray_utils import init_ray
 
     cfg, data = job.eval, job.data
@@ -82,7 +104,7 @@ def score_dataset(job: EvalJobConfig) -> tuple[list[ScoredExample], DropReport]:
     init_ray(job.ray)
     gpus = resolve_gpus(cfg.gpus_per_actor)
     items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
-    progress = Progress(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
+    progress = ProgressBar(sum(t.stop - t.start for t in tasks), 0, "eval", cfg.progress)
     by_task: dict[int, list] = {}
     report = DropReport()
     ctor = {"cfg": cfg, "on_error": data.on_error, "gpus": gpus}
@@ -93,6 +115,9 @@ def score_dataset(job: EvalJobConfig) -> tuple[list[ScoredExample], DropReport]:
         result = json.loads(row["result"])
         i = int(row["task_index"])
         by_task[i] = [ScoredExample(**e) for e in result["examples"]]
+        if rated is not None and result.get("attribute_names"):
+            rated["names"] = result["attribute_names"]
+            rated.setdefault("by_task", {})[i] = [RatedScore(**r) for r in result["rated"]]
         report.merge(DropReport.from_dict(result["report"]))
         progress.update(tasks[i].stop - tasks[i].start)
     progress.close()
@@ -110,9 +135,17 @@ def run_eval(job: EvalJobConfig) -> dict:
     """Evaluate ``eval.model_path`` on ``data.eval_files``; writes report.json/html and returns the report."""
     validate(job)
     cfg = job.eval
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(cfg.model_path) == "prm":  # step-level metrics (eval/prm_runner.py)
+        from ray_rm.eval.prm_runner import run_prm_eval
+
+        return run_prm_eval(job)
     start = time.perf_counter()
-    examples, drops = score_dataset(job)
-    if not examples:
+    rated: dict = {}
+    examples, drops = score_dataset(job, rated)
+    rated_scores = [r for i in sorted(rated.get("by_task", {})) for r in rated["by_task"][i]]
+    if not examples and not rated_scores:
         raise UserError(f"no evaluable rows in {', '.join(job.data.eval_files)}:\n{drops.format()}")
     scored_s = time.perf_counter() - start
     metrics = compute_metrics(examples, cfg.num_bins, cfg.length_buckets)
@@ -127,6 +160,8 @@ def run_eval(job: EvalJobConfig) -> dict:
               "truncated": {"examples": len(truncated), "fraction": len(truncated) / len(examples),
                             "example_ids": truncated[:5]},
               "scoring_seconds": round(scored_s, 3)}
+    if rated_scores:  # an attribute model on rated rows: per-attribute RMSE / Pearson / Spearman
+        report["attributes"] = attribute_section(rated_scores, rated["names"])
     print(usage_line("eval data", drops, len(truncated)), flush=True)
     chosen = np.asarray([e.rewards[0] for e in examples])
     rejected = np.asarray([e.rewards[-1] for e in examples])

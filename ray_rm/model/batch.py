@@ -44,6 +44,13 @@ class ModelBatch:
     token_worse: torch.Tensor  # [A] the same offsets in the worse responses
     token_pair: torch.Tensor  # [A] pair each aligned token belongs to
     token_count: torch.Tensor  # [P] aligned tokens per pair (after the first differing token)
+    seq_attributes: torch.Tensor | None = None  # [N, k] float ratings, NaN = none (attribute head; else [N, 0])
+    num_ratings: int = 0  # finite ratings in seq_attributes (the attribute loss's unit)
+    # process reward models: one entry per step (empty for other heads)
+    step_index: torch.Tensor | None = None  # [S] row position of each step's last token
+    step_labels: torch.Tensor | None = None  # [S] float 1 / 0 / NaN (unlabelled)
+    step_seq: torch.Tensor | None = None  # [S] sequence of each step
+    num_labelled_steps: int = 0  # steps with a label (the "steps" unit of the step losses)
 
     @property
     def num_sequences(self) -> int:
@@ -99,8 +106,18 @@ def collate_row(row: PackedRow, pad_to_multiple: int = 1, pad_token_id: int = 0)
         group_margins=torch.tensor(row.group_margins, dtype=torch.float32), group_ids=list(row.group_ids),
         num_real_tokens=real, num_scored=sum(1 for x in row.seq_scores if math.isfinite(x)),
         group_size_list=list(row.group_sizes), pair_better=long(better), pair_worse=long(worse),
-        pair_margin=torch.tensor(margin, dtype=torch.float32), **aligned,
+        pair_margin=torch.tensor(margin, dtype=torch.float32), **aligned, **_attribute_targets(row),
+        step_index=long(row.step_index), step_labels=torch.tensor(row.step_labels, dtype=torch.float32),
+        step_seq=long(row.step_seq), num_labelled_steps=sum(1 for x in row.step_labels if math.isfinite(x)),
     )
+
+
+def _attribute_targets(row: PackedRow) -> dict:
+    """The row's flattened ratings as [N, k] (k = 0 for rows without any), and how many are given."""
+    n = len(row.reward_index)
+    k = len(row.seq_attributes) // n if n else 0
+    ratings = torch.tensor(row.seq_attributes, dtype=torch.float32).reshape(n, k)
+    return {"seq_attributes": ratings, "num_ratings": int(torch.isfinite(ratings).sum())}
 
 
 def ranked_pairs(ranks: list, scores: list, group_sizes: list, margins: list) -> tuple[list, list, list]:

@@ -60,7 +60,7 @@ def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = N
                         f"{str(dtype).removeprefix('torch.')} on {device_type}: {'; '.join(notes)}{hint}; "
                         "use 'auto' to pick a backend that can")
     for note in notes:
-        log.info("attention backend %s passed over: %s", *note.split(": ", 1))
+        log.debug("attention backend %s passed over: %s", *note.split(": ", 1))  # shown with --verbose
     return attention.ATTN_NAME, backend
 
 
@@ -123,6 +123,11 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
     clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.combiner is not None:
+        model.combiner = head_kind.combiner(cfg, hf_config)
+        model.combiner.check_head(model.head)
+    if head_kind.name == "prm":
+        model.step_separator = cfg.step_separator
     head = model.head
     torch.manual_seed(seed)
     std = cfg.head_init_std or 1.0 / math.sqrt(hf_config.hidden_size + 1)
@@ -189,5 +194,9 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", dtype: str 
     attention.register()
     clf = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_impl)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    if head_kind.combiner is not None:
+        model.combiner = head_kind.combiner(None, hf_config)
+    if head_kind.name == "prm":
+        model.step_separator = meta.get("step_separator", "\n")
     model.head.float()
     return model.to(device).eval()

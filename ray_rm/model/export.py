@@ -80,10 +80,11 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     out_dir = Path(out_dir)
     backbone = merged_backbone(model)
     config = backbone.config
-    for key, value in model.head_kind.config_entries(model.head.out_features).items():  # e.g. num_labels
+    head_config, head_meta = model.export_entries()  # e.g. an attribute head's id2label, names and weights
+    for key, value in {**model.head_kind.config_entries(model.head.out_features), **head_config}.items():
         setattr(config, key, value)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    meta = {"contract": CONTRACT, **meta}
+    meta = {"contract": CONTRACT, **meta, **head_meta}
     if model.kind == "decoder":
         pad_tok, pad_id = pick_pad_token(tokenizer)
         tokenizer.pad_token = pad_tok
@@ -91,11 +92,13 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
         unset = undeclare_template_only_bos(tokenizer)
         if unset:
             meta["bos_token_undeclared"] = unset
+    if model.step_separator is not None:
+        meta.update(step_meta(tokenizer, model.step_separator))
     auto_class = getattr(transformers, model.head_kind.hf_class)
     clf = auto_class.from_config(config, attn_implementation="sdpa", dtype=next(backbone.parameters()).dtype)
     getattr(clf, model.base_prefix).load_state_dict(backbone.state_dict())
     head = getattr(clf, model.head_name)
-    head.load_state_dict({k: v.to(head.weight.dtype) for k, v in model.head.state_dict().items()})
+    head.load_state_dict({k: v.to(head.weight.dtype) for k, v in model.head_state_for_export().items()})
     clf.config.ray_rm = {"format_version": FORMAT_VERSION, "kind": model.kind, "pooling": model.pooling,
                          "head": model.head_kind.name, **meta}
     clf.config.architectures = [type(clf).__name__]
@@ -104,6 +107,15 @@ def export_hf(model: RewardModel, tokenizer_path: str, out_dir: str | Path, meta
     tokenizer.save_pretrained(out_dir)
     (out_dir / "ray_rm_scoring.json").write_text(json.dumps(scoring_notes(model.kind, meta, tokenizer), indent=2))
     return out_dir
+
+
+def step_meta(tokenizer, separator: str) -> dict:
+    """What a PRM export records for consumers: the step separator and the id of its last token (the token
+    whose logit is a step's score; vLLM's STEP pooling calls it ``step_tag_id``)."""
+    ids = tokenizer(separator, add_special_tokens=False)["input_ids"]
+    return {"step_separator": separator, "step_separator_ids": list(ids), "step_tag_id": ids[-1] if ids else None,
+            "step_rule": "prompt tokens, then each step tokenized on its own (no special tokens) followed by the "
+                         "separator tokenized on its own; a step's score is the logit at its separator's last token"}
 
 
 def scoring_notes(kind: str, meta: dict, tokenizer) -> dict:

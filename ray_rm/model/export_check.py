@@ -138,20 +138,28 @@ def _base_tokenizer_bos_gap(consumer: str, got: list[int], want: list[int], bos:
 
 # ---------------------------------------------------------------------------------------------- rewards
 @torch.no_grad()
-def _hf_rewards(clf, tokenizer, seqs: list[list[int]], side: str, batch: int) -> list[float]:
-    out: list[float] = []
+def _hf_outputs(clf, tokenizer, seqs: list[list[int]], side: str, batch: int) -> list[list[float]]:
+    """Every logit per sequence (the reward; an attribute model's k attribute values)."""
+    out: list[list[float]] = []
     for i in range(0, len(seqs), batch):
         enc = tokenizer.pad({"input_ids": seqs[i:i + batch]}, padding=True, padding_side=side, return_tensors="pt")
-        out += clf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0].float().tolist()
+        out += clf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float().tolist()
     return out
 
 
-def _compare(report: CheckReport, check: str, names: list[str], ours: list[float], theirs: list[float]) -> None:
-    for name, a, b in zip(names, ours, theirs):
-        diff = abs(a - b) if math.isfinite(a) and math.isfinite(b) else math.inf
-        report.max_abs_diff = max(report.max_abs_diff, diff)
-        if diff > TOLERANCE:
-            report.failures.append(f"{check}: item '{name}' reward {b:.6f} vs ray_rm {a:.6f} (difference {diff:.2e})")
+def _hf_rewards(clf, tokenizer, seqs: list[list[int]], side: str, batch: int) -> list[float]:
+    return [v[0] for v in _hf_outputs(clf, tokenizer, seqs, side, batch)]
+
+
+def _compare(report: CheckReport, check: str, names: list[str], ours: list[list[float]],
+             theirs: list[list[float]], labels: list[str]) -> None:
+    for name, mine, other in zip(names, ours, theirs):
+        for label, a, b in zip(labels, mine, other):
+            diff = abs(a - b) if math.isfinite(a) and math.isfinite(b) else math.inf
+            report.max_abs_diff = max(report.max_abs_diff, diff)
+            if diff > TOLERANCE:
+                report.failures.append(f"{check}: item '{name}' {label} {b:.6f} vs ray_rm {a:.6f} "
+                                       f"(difference {diff:.2e})")
 
 
 def check_export(path: str | Path, items: list[CheckItem] | None = None,
@@ -162,6 +170,12 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
 
     from ray_rm.scoring import RewardScorer
 
+    from ray_rm.scoring.steps import checkpoint_head
+
+    if checkpoint_head(path) == "prm":  # per-step scores: AutoModelForTokenClassification (export_check_prm.py)
+        from ray_rm.model.export_check_prm import check_prm_export
+
+        return check_prm_export(path)
     start = time.perf_counter()
     report = CheckReport(str(path))
     scorer = RewardScorer(str(path), dtype="float32")
@@ -182,11 +196,13 @@ def check_export(path: str | Path, items: list[CheckItem] | None = None,
     _check_pad(report, scorer, items, reference, decoder)
     clf = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
     names = [i.name for i in items]
-    ours = scorer.score_ids(reference)
+    outputs = scorer.score_output_ids(reference)  # the reward, or an attribute model's k attribute values
+    labels = scorer.attribute_names or ["reward"]
     for side in ("right", "left") if decoder else ("right",):
         for batch in (1, len(items)):
-            _compare(report, f"transformers {side} padding, batch {batch}", names, ours,
-                     _hf_rewards(clf, tokenizer, reference, side, batch))
+            _compare(report, f"transformers {side} padding, batch {batch}", names, outputs,
+                     _hf_outputs(clf, tokenizer, reference, side, batch), labels)
+    ours = [v[0] for v in outputs]
     _check_consumers(report, tokenizer, scorer, clf, items, reference, ours, decoder)
     report.seconds = time.perf_counter() - start
     return report

@@ -29,8 +29,9 @@ the train loop, the step or the serve engine):
     attribute names in the model config (or the checkpoint's ``id2label``); ``positions`` as ``scalar``; ``output`` ``[N, k]``;
     ``targets`` ``("seq_attributes",)`` (NaN = missing, masked); ``losses`` ``("attribute_mse",
     "attribute_mse_bt")``, the BT term on ``weights · attributes``; ``config_entries`` ``num_labels=k``
-    plus ``id2label`` (the names and weights also go to the export's ``ray_rm`` entry); ``answer`` ``{"rewards": w · a, "attributes":
-    {name: [...]}}``.
+    plus ``id2label`` (the names and weights also go to the export's ``ray_rm`` entry); ``combiner``
+    ``model/attribute_head.py`` (weights, normalisation; rewards = w · a); serve adds ``"attributes":
+    [{name: value}]`` (``serve/attribute_answers.py``).
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class HeadKind:
     hf_class: str  # transformers Auto class that loads the export
     config_entries: Callable[[int], dict]  # (head width) -> HF config attributes of the export
     answer: Callable[[list], dict]  # per-item outputs -> named fields of a serve / eval answer
+    # (model_cfg or None, HF config) -> a module turning the head's [n, width] output into (per-item values
+    # [n, width], rewards [n]), for heads whose reward is computed from several outputs (attributes: w . a);
+    # None: the output is the reward
+    combiner: Callable[[object, object], torch.nn.Module] | None = None
 
 
 HEADS: dict[str, HeadKind] = {}
@@ -83,3 +88,51 @@ SCALAR = register_head(HeadKind(
     hf_class="AutoModelForSequenceClassification", config_entries=lambda width: {"num_labels": width},
     answer=lambda values: {"rewards": list(values)},
 ))
+
+
+# ---------------------------------------------------------------------------------------------- attributes
+def _attribute_combiner(model_cfg, hf_config):
+    from ray_rm.model.attribute_head import build_combiner
+
+    return build_combiner(model_cfg, hf_config)
+
+
+def _attribute_width(model_cfg, hf_config) -> int:
+    from ray_rm.model.attribute_head import attribute_width
+
+    return attribute_width(model_cfg, hf_config)
+
+
+ATTRIBUTES = register_head(HeadKind(
+    name="attributes", width=_attribute_width, positions=_scalar_positions, output=lambda v: v,
+    targets=("seq_attributes",), losses=("attribute_mse", "attribute_mse_bt"),
+    hf_class="AutoModelForSequenceClassification", config_entries=lambda width: {"num_labels": width},
+    answer=lambda values: {"rewards": list(values)}, combiner=_attribute_combiner,
+))
+# ------------------------------------------------------------------ process reward models (model.head=prm)
+def _step_positions(batch, reads_first_token: bool) -> torch.Tensor:
+    return batch.step_index
+
+
+def _step_answer(values: list) -> dict:
+    """Per item: its step scores (logits). ``rewards`` is the min-aggregate of step probabilities, the default
+    of ``ray_rm/eval/prm_metrics.aggregate``; the serve engine re-aggregates when a request asks otherwise."""
+    from ray_rm.eval.prm_metrics import aggregate
+
+    return {"rewards": [aggregate(steps, "min") for steps in values], "step_rewards": [list(s) for s in values]}
+
+
+PRM = register_head(HeadKind(
+    name="prm", width=lambda model_cfg, hf_config: 1, positions=_step_positions, output=lambda v: v.squeeze(-1),
+    targets=("step_index", "step_labels"), losses=("step_bce",),
+    hf_class="AutoModelForTokenClassification",
+    # no bias: ray_rm's head is the sequence classifier's bias-free ``score``, and the token classifier reads it
+    config_entries=lambda width: {"num_labels": width, "token_classification_bias": False},
+    answer=_step_answer,
+))
+"""A per-step score read at each step's last token (the separator's last token, ``data/step_layout.py``).
+
+A group is one prompt's k solutions, laid out ``[prompt | solution_1 | ... | solution_k]`` by the same
+prompt sharing as pairs; the packer records every step end (``PackedRow.step_index``) and its label.
+The export is an ``AutoModelForTokenClassification`` whose logit at a step-end token is the step's score;
+``config.json`` ``ray_rm.step_separator`` / ``ray_rm.step_tag_id`` say which tokens those are."""

@@ -28,6 +28,8 @@ from ray_rm.model.heads import SCALAR, HeadKind
 class RewardOutput:
     rewards: torch.Tensor  # float32 head outputs at the head kind's positions ([N], one per sequence, for scalar)
     token_values: torch.Tensor | None = None  # [T] float32 value-head output at every position
+    attributes: torch.Tensor | None = None  # [N, k] attribute head: the attribute values (rewards = their w . a)
+    attribute_stds: torch.Tensor | None = None  # [k] the scale the attribute loss measures errors in
 
 
 class FP32Linear(nn.Linear):
@@ -45,6 +47,8 @@ class FP32Linear(nn.Linear):
 class RewardModel(nn.Module):
     """Backbone + linear head; what the head reads and how its output is shaped come from its ``HeadKind``."""
 
+    step_separator: str | None = None  # model.head=prm: the text ending every step (set by build / load)
+
     def __init__(self, backbone: nn.Module, head: nn.Linear, *, kind: str, pooling: str, attn_implementation: str,
                  attn_backend: str = "auto", head_name: str = "score", base_prefix: str = "model",
                  head_kind: HeadKind = SCALAR):
@@ -55,6 +59,7 @@ class RewardModel(nn.Module):
         self.kind, self.pooling = kind, pooling
         self.attn_implementation, self.attn_backend = attn_implementation, attn_backend
         self.head_name, self.base_prefix = head_name, base_prefix  # where they live in the HF classifier
+        self.combiner = None  # heads with several outputs per sequence: outputs -> (attributes, reward)
 
     @property
     def config(self):
@@ -140,4 +145,16 @@ class RewardModel(nn.Module):
             values = sp.gather_tokens(self._head(hidden)) if token_values else None
             return RewardOutput(rewards, values)
         rewards = self._head(self._pool(hidden, batch, index))
+        if self.combiner is not None:
+            attributes, rewards = self.combiner(rewards)
+            return RewardOutput(rewards, None, attributes, self.combiner.stds)
         return RewardOutput(rewards, self._head(hidden) if token_values else None)
+
+    def head_state_for_export(self) -> dict:
+        """The linear head's weights as the exported classifier holds them (a combiner folds its normalisation)."""
+        state = self.head.state_dict()
+        return self.combiner.fold(state) if self.combiner is not None else state
+
+    def export_entries(self) -> tuple[dict, dict]:
+        """(HF config attributes, ``ray_rm`` config entries) the head adds to the export beyond its width."""
+        return self.combiner.hf_entries() if self.combiner is not None else ({}, {})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ray_rm.config_schema import RayConfig, ScoringOptions, opt, section
 
-MODES = ("pairs-from-candidates", "rejudge", "best-of-n")
+MODES = ("pairs-from-candidates", "rejudge", "best-of-n", "step-filter")
 PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "all_pairs")
 DISAGREE_POLICIES = ("keep", "swap", "drop")
 
@@ -16,8 +16,14 @@ DISAGREE_POLICIES = ("keep", "swap", "drop")
 @dataclass
 class RelabelConfig(ScoringOptions):
     mode: str = opt("pairs-from-candidates", "pairs-from-candidates ({prompt, responses} -> DPO pairs) | rejudge "
-                                             "({prompt?, chosen, rejected} -> scores + agree) | best-of-n", MODES)
+                                             "({prompt?, chosen, rejected} -> scores + agree) | best-of-n | step-filter "
+                                             "(process reward models: stepwise rows, each solution cut at its "
+                                             "first step below step_threshold)", MODES)
     input_files: list = opt([], "input rows: JSONL / JSON / Parquet files, folders, save_to_disk folders, hf://")
+    step_aggregate: str = opt("min", "process reward models, best-of-n: how step rewards rank solutions: min | prod "
+                                     "| last | mean of step probabilities", ("min", "prod", "last", "mean"))
+    step_threshold: float = opt(0.5, "process reward models, step-filter: cut each solution before its first step "
+                                     "whose probability is below this")
     pair_strategy: str = opt("best_vs_worst", "pairs-from-candidates: best_vs_worst | best_vs_random | all_pairs "
                                               "(every ordered pair whose margin >= min_margin)", PAIR_STRATEGIES)
     min_margin: float = opt(0.0, "pairs whose score margin is below this are dropped and counted (ties always are, "

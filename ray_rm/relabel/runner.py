@@ -27,8 +27,9 @@ from pathlib import Path
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask, plan_read_tasks
 from ray_rm.errors import DataError, UserError
+from ray_rm.progress import ProgressBar
 from ray_rm.relabel.config import RelabelConfig, RelabelJobConfig
-from ray_rm.scoring.pool import Progress, map_tasks, resolve_gpus
+from ray_rm.scoring.pool import map_tasks, resolve_gpus
 from ray_rm.scoring.scorer import make_scorer
 from ray_rm.relabel.task import DATA_DIR, PROGRESS_DIR, marker_path, run_task
 from ray_rm.validation import validate
@@ -126,7 +127,7 @@ def run_relabel(job: RelabelJobConfig) -> dict:
     if done:
         log.info("resuming: %d of %d tasks already done in %s", len(done), len(tasks), out_dir)
     rows_of = lambda i: tasks[i].stop - tasks[i].start  # noqa: E731
-    progress = Progress(sum(map(rows_of, range(len(tasks)))), sum(map(rows_of, done)), "relabel", cfg.progress)
+    progress = ProgressBar(sum(map(rows_of, range(len(tasks)))), sum(map(rows_of, done)), "relabel", cfg.progress)
     start = time.perf_counter()
     rows_this_run = 0
     if pending:

@@ -33,9 +33,12 @@ def _argmax(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))  # first index among equal maxima
 
 
-def _pair(ex: PreferenceExample, rec: dict, i: int, j: int, si: float, sj: float) -> dict:
-    return {"example_id": ex.example_id, "prompt": rec["prompt"], "chosen": rec["responses"][i],
-            "rejected": rec["responses"][j], "score_chosen": si, "score_rejected": sj, "margin": si - sj}
+def _pair(ex: PreferenceExample, rec: dict, i: int, j: int, si: float, sj: float, attributes: list | None) -> dict:
+    row = {"example_id": ex.example_id, "prompt": rec["prompt"], "chosen": rec["responses"][i],
+           "rejected": rec["responses"][j], "score_chosen": si, "score_rejected": sj, "margin": si - sj}
+    if attributes is not None:  # attribute reward models: every attribute of both responses
+        row.update(attributes_chosen=attributes[i], attributes_rejected=attributes[j])
+    return row
 
 
 def _no_pair_reason(ex: PreferenceExample, best: float, others: list[float], min_margin: float) -> tuple:
@@ -46,8 +49,10 @@ def _no_pair_reason(ex: PreferenceExample, best: float, others: list[float], min
 
 
 def pairs_from_candidates(ex: PreferenceExample, scores: list[float], strategy: str, min_margin: float,
-                          seed: int = 0) -> Selection:
-    """DPO pairs from k scored candidates (input order), by ``best_vs_worst``/``best_vs_random``/``all_pairs``."""
+                          seed: int = 0, attributes: list | None = None) -> Selection:
+    """DPO pairs from k scored candidates (input order), by ``best_vs_worst``/``best_vs_random``/``all_pairs``.
+
+    ``attributes``: an attribute reward model's {name: value} per candidate, written beside the scores."""
     rec = ex.to_record()
     sel = Selection()
     k = len(scores)
@@ -60,7 +65,7 @@ def pairs_from_candidates(ex: PreferenceExample, scores: list[float], strategy: 
             for j in range(i + 1, k):
                 hi, lo = (i, j) if scores[i] >= scores[j] else (j, i)
                 if ok(scores[hi], scores[lo]):
-                    sel.records.append(_pair(ex, rec, hi, lo, scores[hi], scores[lo]))
+                    sel.records.append(_pair(ex, rec, hi, lo, scores[hi], scores[lo], attributes))
                 else:
                     sel.counts["pairs_tied" if scores[hi] == scores[lo] else "pairs_under_margin"] += 1
         if not sel.records:
@@ -78,13 +83,14 @@ def pairs_from_candidates(ex: PreferenceExample, scores: list[float], strategy: 
         raise ValueError(f"unknown pair strategy {strategy!r}")
     if candidates:
         j = candidates[0]
-        sel.records.append(_pair(ex, rec, best, j, scores[best], scores[j]))
+        sel.records.append(_pair(ex, rec, best, j, scores[best], scores[j], attributes))
     else:
         sel.drop = _no_pair_reason(ex, scores[best], [scores[j] for j in others], min_margin)
     return sel
 
 
-def rejudge(ex: PreferenceExample, scores: list[float], policy: str, min_margin: float) -> Selection:
+def rejudge(ex: PreferenceExample, scores: list[float], policy: str, min_margin: float,
+            attributes: list | None = None) -> Selection:
     """Scores for an existing (chosen, rejected) pair, whether the RM agrees, and the disagreement policy."""
     rec = ex.to_record()
     sc, sr = scores
@@ -102,9 +108,9 @@ def rejudge(ex: PreferenceExample, scores: list[float], policy: str, min_margin:
     if margin < 0 and policy == "drop":
         sel.drop = ("disagree", f"{ex.example_id}: rejected scores higher ({sr:.4g} > {sc:.4g})")
         return sel
-    row = _pair(ex, rec, 0, 1, sc, sr)
+    row = _pair(ex, rec, 0, 1, sc, sr, attributes)
     if margin < 0 and policy == "swap":
-        row = _pair(ex, rec, 1, 0, sr, sc)
+        row = _pair(ex, rec, 1, 0, sr, sc, attributes)
         swapped = True
         sel.counts["swapped"] += 1
     row.update(agree=margin > 0, swapped=swapped)
@@ -112,7 +118,7 @@ def rejudge(ex: PreferenceExample, scores: list[float], policy: str, min_margin:
     return sel
 
 
-def best_of_n(ex: PreferenceExample, scores: list[float]) -> Selection:
+def best_of_n(ex: PreferenceExample, scores: list[float], attributes: list | None = None) -> Selection:
     """The top-scoring response (first among equals) with every candidate's score."""
     rec = ex.to_record()
     best = _argmax(scores)
@@ -121,19 +127,26 @@ def best_of_n(ex: PreferenceExample, scores: list[float]) -> Selection:
         sel.counts["tied_at_top"] += 1
     sel.records.append({"example_id": ex.example_id, "prompt": rec["prompt"], "response": rec["responses"][best],
                         "score": scores[best], "best_index": best, "scores": list(scores),
-                        "num_candidates": len(scores)})
+                        "num_candidates": len(scores),
+                        **({"attributes": attributes[best], "candidate_attributes": list(attributes)}
+                           if attributes is not None else {})})
     return sel
 
 
-def output_schema(mode: str, chat: bool) -> pa.Schema:
-    """The fixed Parquet schema of a mode's part files (content is text, or role/content messages)."""
+def output_schema(mode: str, chat: bool, attribute_names: list | None = None) -> pa.Schema:
+    """The fixed Parquet schema of a mode's part files (content is text, or role/content messages); an
+    attribute reward model adds its attributes as structs {name: value} (``attribute_names``)."""
     content = MESSAGES if chat else pa.string()
+    attrs = pa.struct([(n, pa.float64()) for n in attribute_names]) if attribute_names else None
     base = [("example_id", pa.string()), ("prompt", content)]
     if mode == "best-of-n":
         return pa.schema(base + [("response", content), ("score", pa.float64()), ("best_index", pa.int64()),
-                                 ("scores", pa.list_(pa.float64())), ("num_candidates", pa.int64())])
+                                 ("scores", pa.list_(pa.float64())), ("num_candidates", pa.int64())]
+                         + ([("attributes", attrs), ("candidate_attributes", pa.list_(attrs))] if attrs else []))
     pair = base + [("chosen", content), ("rejected", content), ("score_chosen", pa.float64()),
                    ("score_rejected", pa.float64()), ("margin", pa.float64())]
+    if attrs:
+        pair += [("attributes_chosen", attrs), ("attributes_rejected", attrs)]
     if mode == "rejudge":
         pair += [("agree", pa.bool_()), ("swapped", pa.bool_())]
     return pa.schema(pair)

@@ -26,7 +26,7 @@ from ray_rm.data.formats import PreferenceExample, normalize_candidates, normali
 from ray_rm.data.prepare import read_examples
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask
-from ray_rm.errors import DataError
+from ray_rm.errors import DataError, UserError
 from ray_rm.relabel import select
 from ray_rm.relabel.config import RelabelConfig
 from ray_rm.scoring.examples import ResponseScores, group_tokens, score_examples
@@ -62,11 +62,21 @@ class TaskOutput:
     chat: bool = False
     tokens: int = 0
     timing: dict = field(default_factory=dict)
+    attribute_names: list | None = None  # an attribute reward model's outputs, written with every score
+    schema: pa.Schema | None = None  # set by modes with their own schema (process reward models)
 
 
 def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
     """Read, parse, score and select one task's rows; every row read is kept or dropped with a reason."""
     out = TaskOutput()
+    if scorer.model.head_kind.name == "prm":  # stepwise rows, step rewards (relabel/prm_task.py)
+        from ray_rm.relabel.prm_task import prm_relabel_task
+
+        prm_relabel_task(task, scorer, cfg, out)
+        return out
+    if cfg.mode == "step-filter":
+        raise UserError("relabel.mode=step-filter cuts solutions by step rewards: it needs a process reward model "
+                        "(a checkpoint trained with model.head=prm)")
     examples: list[PreferenceExample] = []
     chat = None
 
@@ -82,6 +92,7 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
 
     examples.extend(read_examples(task, out.report, cfg.on_error, parse))
     out.chat = bool(chat)
+    out.attribute_names = scorer.attribute_names
     scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)
     for ex, s in zip(examples, scored):
@@ -89,11 +100,12 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
             out.report.drop(*s)
             continue
         if cfg.mode == "pairs-from-candidates":
-            sel = select.pairs_from_candidates(ex, s.scores, cfg.pair_strategy, cfg.min_margin, cfg.seed)
+            sel = select.pairs_from_candidates(ex, s.scores, cfg.pair_strategy, cfg.min_margin, cfg.seed,
+                                               s.attributes)
         elif cfg.mode == "rejudge":
-            sel = select.rejudge(ex, s.scores, cfg.disagree, cfg.min_margin)
+            sel = select.rejudge(ex, s.scores, cfg.disagree, cfg.min_margin, s.attributes)
         else:
-            sel = select.best_of_n(ex, s.scores)
+            sel = select.best_of_n(ex, s.scores, s.attributes)
         out.counts.update(sel.counts)
         if sel.drop:
             out.report.drop(*sel.drop)
@@ -116,7 +128,8 @@ def write_task(out_dir: Path, task_index: int, task: ReadTask, out: TaskOutput, 
     data_dir = out_dir / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(out.records, schema=select.output_schema(cfg.mode, out.chat))
+    table = pa.Table.from_pylist(out.records,
+                                 schema=out.schema or select.output_schema(cfg.mode, out.chat, out.attribute_names))
     files = [f"{DATA_DIR}/{name}.parquet"]
     _atomic_write(data_dir / f"{name}.parquet", lambda p: pq.write_table(table, p))
     if cfg.write_jsonl:

@@ -20,6 +20,7 @@ class ResponseScores:
     scores: list  # one reward per response, in the example's response order
     lengths: list  # tokens of each full sequence (prompt + response), before any truncation
     truncated: bool = False  # a sequence was cut to the scorer's limit (its start removed, the reward token kept)
+    attributes: list | None = None  # an attribute reward model's {name: value} per response (scores = w . values)
 
 
 def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = False,
@@ -51,14 +52,27 @@ def score_examples(scorer, examples: list[PreferenceExample], normalize: bool = 
     for g in groups:
         scorer.check_ids(g)  # once per sequence; ``score_groups`` does not check again
     start = time.perf_counter()
-    all_rewards = scorer.score_groups(groups) if groups else []
+    all_rewards, all_attributes = _score(scorer, groups)
     if timing is not None:
         timing["score_seconds"] = timing.get("score_seconds", 0.0) + time.perf_counter() - start
     for i, (g, rewards) in enumerate(zip(groups, all_rewards)):
         if normalize:
             rewards = [scorer.stats.normalize(r) for r in rewards]
-        out[owners[i]] = ResponseScores([float(r) for r in rewards], lengths[i], cut[i])
+        out[owners[i]] = ResponseScores([float(r) for r in rewards], lengths[i], cut[i],
+                                        all_attributes[i] if all_attributes is not None else None)
     return out
+
+
+def _score(scorer, groups: list) -> tuple[list, list | None]:
+    """(rewards per group, {name: value} per response per group or None): one forward per packed row either way."""
+    names = scorer.attribute_names
+    if not groups:
+        return [], [] if names else None
+    if not names:
+        return scorer.score_groups(groups), None
+    outputs = scorer.score_group_outputs(groups)
+    rewards = [scorer.weigh(g) for g in outputs]
+    return rewards, [[dict(zip(names, vec)) for vec in g] for g in outputs]
 
 
 def group_tokens(scored: list) -> int:

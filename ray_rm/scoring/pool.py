@@ -1,7 +1,8 @@
 """The Ray Data stage shared by relabeling and evaluation: task descriptors -> an actor pool of scorers.
 
-What this module is for: running one scoring actor class over read tasks and showing progress. What it
-must not do: know what an actor computes (relabel and eval pass their own actor class) or write outputs.
+What this module is for: running one scoring actor class over read tasks. What it must not do: know what an
+actor computes (relabel and eval pass their own actor class), write outputs or show progress (the jobs
+draw one row-level bar of their own, ray_rm/progress.py).
 
 Each input item is one read task (a row range); a callable-class actor holds one model replica and
 handles one task per call (``batch_size=1``), so the pool streams: tasks are read, scored and
@@ -9,12 +10,7 @@ written while later ones wait, and the driver only receives one small result row
 """
 from __future__ import annotations
 
-import logging
-import sys
-import time
 from typing import Iterator
-
-log = logging.getLogger(__name__)
 
 
 def resolve_gpus(requested: float) -> float:
@@ -32,42 +28,15 @@ def map_tasks(items: list[dict], actor_cls, ctor_kwargs: dict, *, actors: int, c
     import ray
     from ray.data import ActorPoolStrategy
 
+    from ray_rm.ray_utils import FAIL_FAST_ACTORS
+
     if not items:
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(actor_cls, fn_constructor_kwargs=ctor_kwargs, batch_size=1, batch_format="numpy",
                         compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
-                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, **FAIL_FAST_ACTORS)
     # Per-dataset settings (the dataset holds its own copy of the context; the global one is left alone):
     ds.context.enable_progress_bars = False  # the jobs show one row-level progress bar of their own
     ds.context.execution_options.preserve_order = False  # results carry their task index
     yield from ds.iter_rows()
-
-
-class Progress:
-    """A tqdm bar on a terminal; elsewhere (``ray job submit`` logs) a log line at most every 10 s."""
-
-    def __init__(self, total: int, initial: int = 0, desc: str = "rows", enabled: bool = True):
-        self.total, self.done, self.desc, self.enabled = total, initial, desc, enabled
-        self._bar = None
-        self._start, self._last, self._first = time.monotonic(), 0.0, initial
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="row", dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-            return
-        now = time.monotonic()
-        if self.enabled and (now - self._last >= 10 or self.done >= self.total):
-            self._last = now
-            rate = (self.done - self._first) / max(now - self._start, 1e-9)
-            log.info("%s: %d/%d (%.0f%%), %.1f rows/s", self.desc, self.done, self.total,
-                     100 * self.done / max(self.total, 1), rate)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -75,12 +75,40 @@ class RewardScorer:
                 raise ValueError(f"item {i}: token id {bad!r} is outside the vocabulary [0, {self.vocab_size})")
 
     # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
+    @property
+    def attribute_names(self) -> list[str] | None:
+        """The attribute head's names (its outputs, in order), or None for a scalar reward model."""
+        combiner = self.model.combiner
+        return list(combiner.names) if combiner is not None else None
+
+    @property
+    def attribute_weights(self) -> list[float] | None:
+        combiner = self.model.combiner
+        return combiner.weights.tolist() if combiner is not None else None
+
+    def weigh(self, outputs: list[list[float]], weights: list[float] | None = None) -> list[float]:
+        """An attribute model's reward per item: ``weights`` (default: the model's) . its attribute values."""
+        weights = self.attribute_weights if weights is None else weights
+        return [sum(w * a for w, a in zip(weights, vec)) for vec in outputs]
+
     def score_groups(self, groups: list[list[list[int]]]) -> list[list[float]]:
         """Rewards for groups of sequences (e.g. the k responses of one prompt), in input order.
 
         Identical sequences of a group are scored once, so they get bitwise-equal rewards (relabeling
         decides ties by equality; two copies in different attention buckets can differ by ~1e-7)."""
+        return self._run_groups(groups, lambda out: out.rewards.tolist())
+
+    def score_group_outputs(self, groups: list[list[list[int]]]) -> list[list[list[float]]]:
+        """Every head output per sequence: the k attribute values of an attribute model, [reward] otherwise."""
+        return self._run_groups(groups, lambda out: (out.attributes if out.attributes is not None
+                                                     else out.rewards[:, None]).tolist())
+
+    def score_output_ids(self, seqs: list[list[int]]) -> list[list[float]]:
+        return [g[0] for g in self.score_group_outputs([[s] for s in seqs])]
+
+    @torch.no_grad()
+    def _run_groups(self, groups: list[list[list[int]]], read) -> list[list]:
+        """``read(model output)`` per sequence for groups of sequences, in input order (see ``score_groups``)."""
         tgroups, copies = [], []
         for gi, seqs in enumerate(groups):
             distinct = list(dict.fromkeys(tuple(s) for s in seqs))
@@ -88,10 +116,10 @@ class RewardScorer:
             tgroups.append(TokenizedGroup(str(gi), [list(s) for s in distinct], [0] * len(distinct),
                                           common_prefix_len(distinct, keep_own=1) if len(distinct) > 1 else 0,
                                           math.nan, [math.nan] * len(distinct)))
-        out: list[list[float]] = [[] for _ in groups]
+        out: list[list] = [[] for _ in groups]
         budget = max(self.pack_tokens, max((g.num_tokens(self.share_prompt) for g in tgroups), default=1))
         for row in pack_groups(tgroups, budget, self.share_prompt, window=len(tgroups) or 1):
-            rewards = self.model(collate_row(row, pad_token_id=self.pad_token_id).to(self.device)).rewards.tolist()
+            rewards = read(self.model(collate_row(row, pad_token_id=self.pad_token_id).to(self.device)))
             k = 0
             for gid, size in zip(row.group_ids, row.group_sizes):
                 out[int(gid)] = [rewards[k + j] for j in copies[int(gid)]]
@@ -106,9 +134,13 @@ class RewardScorer:
 
 
 def make_scorer(model_path: str, gpus: float, cpus: float, pack_tokens: int, dtype: str, attn_implementation: str):
-    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads."""
+    """A scorer for a Ray actor: CUDA when the actor holds a GPU, else ``cpus`` torch threads; the actor's
+    logging follows the job's --verbose switch."""
     import torch
 
+    from ray_rm.logging_setup import configure_worker
+
+    configure_worker()
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(max(1, int(cpus)))

@@ -86,21 +86,30 @@ class RewardClient:
     def score_texts(self, texts: list[str], normalize: bool | None = None) -> list[float]:
         return self.score([{"text": t} for t in texts], normalize)
 
-    def score_full(self, inputs: list[dict], normalize: bool | None = None, clip: float | None = None) -> dict:
-        """The merged ``/v1/score`` answer (rewards, raw_rewards, ensemble stats). Blocking."""
+    def score_full(self, inputs: list[dict], normalize: bool | None = None, clip: float | None = None,
+                   aggregate: str | None = None) -> dict:
+        """The merged ``/v1/score`` answer (rewards, raw_rewards, ensemble stats; for a process reward model
+        ``step_rewards`` too, aggregated into ``rewards`` by ``aggregate``). Blocking."""
         loop = self._own_loop()
-        return asyncio.run_coroutine_threadsafe(self.ascore_full(inputs, normalize, clip), loop).result()
+        return asyncio.run_coroutine_threadsafe(self.ascore_full(inputs, normalize, clip, aggregate), loop).result()
+
+    def score_steps(self, items: list[dict], aggregate: str | None = None) -> tuple[list[float], list[list[float]]]:
+        """(rewards, step_rewards) of ``{"prompt" | "messages", "steps"}`` items from a process reward model."""
+        out = self.score_full(items, aggregate=aggregate)
+        return out["rewards"], out["step_rewards"]
 
     async def ascore(self, inputs: list[dict], normalize: bool | None = None, clip: float | None = None) -> list[float]:
         return (await self.ascore_full(inputs, normalize, clip))["rewards"]
 
-    async def ascore_full(self, inputs: list[dict], normalize: bool | None = None, clip: float | None = None) -> dict:
+    async def ascore_full(self, inputs: list[dict], normalize: bool | None = None, clip: float | None = None,
+                          aggregate: str | None = None) -> dict:
         """Async version for async actors and event loops (``score`` must not block a running loop)."""
         if not isinstance(inputs, list):
             raise TypeError(f"inputs must be a list of items, got {type(inputs).__name__}")
         if not inputs:
             return {"rewards": [], "raw_rewards": []}
-        options = {k: v for k, v in (("normalize", normalize), ("clip", clip)) if v is not None}
+        options = {k: v for k, v in (("normalize", normalize), ("clip", clip), ("aggregate", aggregate))
+                   if v is not None}
         chunks = [inputs[i:i + self.chunk_size] for i in range(0, len(inputs), self.chunk_size)]
         gate = asyncio.Semaphore(self.max_in_flight)
 
@@ -261,8 +270,9 @@ def _merge(parts: list[dict]) -> dict:
     """Concatenate chunk answers into one: list fields in order, ensemble members per member."""
     first = parts[0]
     out: dict[str, Any] = {k: v for k, v in first.items() if not isinstance(v, (list, dict))}
-    for key in ("rewards", "raw_rewards", "num_tokens"):
-        out[key] = [x for p in parts for x in p.get(key, [])]
+    for key in ("rewards", "raw_rewards", "num_tokens", "step_rewards"):
+        if key in first:
+            out[key] = [x for p in parts for x in p.get(key, [])]
     if "ensemble" in first:
         ens = {k: v for k, v in first["ensemble"].items() if not isinstance(v, list)}
         for key in ("mean", "std"):

@@ -50,6 +50,9 @@ class ServeConfig:
     clip: float = opt(0.0, "clip final rewards to [-clip, clip] (0 = off; a request's 'clip' overrides)")
     overlength: str = opt("error", "items over the checkpoint's max_length: error (4xx naming the item) | "
                                    "truncate_left (keep the end, where the reward token is)", ("error", "truncate_left"))
+    step_aggregate: str = opt("min", "process reward models: how step scores become an item's reward (a "
+                                     "request's 'aggregate' overrides): min | prod | last | mean of step "
+                                     "probabilities", ("min", "prod", "last", "mean"))
     max_items: int = opt(1024, "most items in one request (more: 413)")
     max_body_mb: float = opt(16.0, "largest request body in MiB (more: 413)")
     device: str = opt("auto", "auto (cuda when the replica has a GPU) | cpu | cuda", ("auto", "cpu", "cuda"))

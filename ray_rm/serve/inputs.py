@@ -12,6 +12,8 @@ An item is one of:
   * ``{"text": str}``                                scored as given: ``tokenizer(text)``, nothing appended
                                                      (vLLM's ``add_special_tokens: false``: without special tokens)
   * ``{"input_ids": [int, ...]}``                    only for callers that use the RM's own tokenizer
+  * ``{"prompt": str | messages, "steps": [str, ...]}`` or ``{"messages", "steps"}``  a solution scored step
+                                                     by step by a process reward model (model.head=prm)
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class Item:
     response: Content = ""
     input_ids: tuple | None = None
     add_special_tokens: bool = True  # plain text only: tokenizer(text, add_special_tokens=...)
+    steps: tuple | None = None  # process reward models: the solution's steps (prompt holds the problem)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class ScoreRequest:
     normalize: bool
     clip: float  # 0 = off
     field: str = "inputs"  # how error messages name the item list
+    weights: dict | None = None  # attribute models: {attribute: weight} replacing the model's (serve/attribute_answers)
+    aggregate: str | None = None  # process reward models: min | prod | last | mean (None: the server's default)
 
 
 def parse_json(body: bytes, max_bytes: int) -> Any:
@@ -120,6 +125,8 @@ def parse_item(raw: Any, field: str) -> Item:
         return Item("", _check_text(raw["text"], f"{field}.text", allow_empty=False))
     if keys == {"input_ids"}:
         return Item(input_ids=_token_ids(raw["input_ids"], f"{field}.input_ids"))
+    if keys in ({"prompt", "steps"}, {"messages", "steps"}):
+        return _step_item(raw, field)
     if keys == {"prompt", "response"}:
         prompt = _content(raw["prompt"], f"{field}.prompt", allow_empty=True)
         response = _content(raw["response"], f"{field}.response", allow_empty=True)
@@ -133,6 +140,28 @@ def parse_item(raw: Any, field: str) -> Item:
         return Item(prompt, response)
     shown = ", ".join(sorted(repr(k)[:40] for k in list(keys)[:8]))
     raise InputError(f"{field}: expected {FORMS}; got keys {{{shown}}}")
+
+
+def _step_item(raw: dict, field: str) -> Item:
+    """A process reward model's item: the problem (text or messages) and the solution's steps."""
+    if "messages" in raw:
+        prompt = _check_messages(raw["messages"], f"{field}.messages")
+    else:
+        prompt = _content(raw["prompt"], f"{field}.prompt", allow_empty=True)
+    steps = raw["steps"]
+    if not isinstance(steps, list) or not steps:
+        raise InputError(f"{field}.steps: expected a non-empty list of step strings, got {kind_of(steps)}")
+    return Item(prompt, "", steps=tuple(_check_text(s, f"{field}.steps[{j}]", allow_empty=False)
+                                        for j, s in enumerate(steps)))
+
+
+def _aggregate(body: dict) -> str | None:
+    from ray_rm.eval.prm_metrics import AGGREGATIONS
+
+    how = body.get("aggregate")
+    if how is not None and how not in AGGREGATIONS:
+        raise InputError(f"'aggregate' must be one of {', '.join(AGGREGATIONS)}, got {how!r:.40}")
+    return how
 
 
 def _items(raw: Any, field: str, max_items: int) -> list:
@@ -165,15 +194,28 @@ def parse_score_request(body: Any, max_items: int, default_normalize: bool = Fal
     """``{"inputs": [item, ...], "normalize"?: bool, "clip"?: number}`` (POST /v1/score, handle calls)."""
     if not isinstance(body, dict):
         raise InputError(f"expected a JSON object {{'inputs': [...]}}, got {kind_of(body)}")
-    unknown = set(body) - {"inputs", "normalize", "clip"}
+    unknown = set(body) - {"inputs", "normalize", "clip", "weights", "aggregate"}
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(sorted(repr(k)[:40] for k in unknown)[:5])}; "
-                         "expected 'inputs', 'normalize', 'clip'")
+                         "expected 'inputs', 'normalize', 'clip', 'weights', 'aggregate'")
     if "inputs" not in body:
         raise InputError("missing 'inputs': a list of items, each " + FORMS)
     raw_items = _items(body["inputs"], "inputs", max_items)
     normalize, clip = _options(body, default_normalize, default_clip)
-    return ScoreRequest(tuple(parse_item(x, f"inputs[{i}]") for i, x in enumerate(raw_items)), normalize, clip)
+    return ScoreRequest(tuple(parse_item(x, f"inputs[{i}]") for i, x in enumerate(raw_items)), normalize, clip,
+                        weights=_weights(body.get("weights")), aggregate=_aggregate(body))
+
+
+def _weights(value: Any) -> dict | None:
+    """``"weights": {attribute: number}`` (attribute reward models), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise InputError(f"'weights' must be a non-empty object {{attribute: number}}, got {kind_of(value)}")
+    for name, w in value.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise InputError(f"'weights'[{name!r:.40}] must be a finite number, got {w!r:.40}")
+    return dict(value)
 
 
 def parse_openrlhf_request(body: Any, max_items: int, default_normalize: bool = False,

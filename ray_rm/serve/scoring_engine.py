@@ -15,6 +15,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+from ray_rm.serve.attribute_answers import attribute_answer, request_weights
 from ray_rm.serve.batcher import TokenBatcher
 from ray_rm.serve.config import ServeConfig
 from ray_rm.serve.inputs import InputError, ScoreRequest
@@ -71,11 +72,15 @@ class ScoringEngine:
         # One tokenizer thread: keeps the event loop free, and a Rust tokenizer is never entered twice at once.
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-tokenize")
         # a group's budget is its scorer's packed-row budget: one number decides both
-        self.batchers = [TokenBatcher(m.score_groups, batch_tokens=max(cfg.batch_tokens, m.max_length),
+        self.head_kind = self.members[0].model.head_kind
+        self.attribute_names = self.members[0].attribute_names  # None for scalar reward models
+        if any(m.attribute_names != self.attribute_names for m in self.members[1:]):
+            raise ValueError("ensemble members must all be scalar reward models or attribute models with the same "
+                             f"attributes; got {[m.attribute_names for m in self.members]}")
+        self.batchers = [TokenBatcher(self._runner(m), batch_tokens=max(cfg.batch_tokens, m.max_length),
                                       wait_s=cfg.batch_wait_ms / 1000.0, share_prefix=m.share_prompt,
                                       min_shared=cfg.min_shared_tokens, max_group_tokens=m.pack_tokens,
                                       executor=self._executor) for m in self.members]
-        self.head_kind = self.members[0].model.head_kind
         vocabs = [m.tokenizer.get_vocab() for m in self.members]
         self.same_tokenizer = all(v == vocabs[0] for v in vocabs[1:])
 
@@ -88,7 +93,9 @@ class ScoringEngine:
                 "reward_mean": first.stats.mean, "reward_std": first.stats.std,
                 "tokenizer": type(first.tokenizer).__name__,
                 "chat_template": bool(getattr(first.tokenizer, "chat_template", None)),
-                "input_ids_accepted": self.same_tokenizer}
+                "input_ids_accepted": self.same_tokenizer,
+                **({"attributes": self.attribute_names, "attribute_weights": first.attribute_weights}
+                   if self.attribute_names else {})}
 
     def check(self) -> None:
         for b in self.batchers:
@@ -125,17 +132,49 @@ class ScoringEngine:
             raise InputError(re.sub(r"^item (\d+):", rf"{field}[\1]:", str(exc))) from None
         return seqs
 
+    def _rewards(self, req: ScoreRequest, member_values: list) -> tuple[list, list | None]:
+        """(each member's rewards, the per-item attribute answer or None): attribute models weigh their values."""
+        if not self.attribute_names:
+            if req.weights is not None:
+                raise InputError("'weights' applies to attribute reward models only; this one outputs one reward")
+            return member_values, None
+        rewards = [m.weigh(values, request_weights(self.attribute_names, m.attribute_weights, req.weights))
+                   for m, values in zip(self.members, member_values)]
+        return rewards, attribute_answer(member_values, self.attribute_names)
+
+    def _runner(self, member):
+        """What a member's batcher runs: whole-sequence rewards, an attribute model's k values per item (weighted
+        per request in ``_rewards``), or (prm) the head's score at every token."""
+        if self.head_kind.name != "prm":
+            return member.score_group_outputs if self.attribute_names else member.score_groups
+        if len(self.members) > 1:
+            from ray_rm.errors import UserError
+
+            raise UserError("serve.ensemble_paths: process reward models are served one checkpoint per replica")
+        from functools import partial
+
+        from ray_rm.scoring.steps import score_token_groups
+
+        return partial(score_token_groups, member)
+
     async def score(self, req: ScoreRequest) -> dict:
         self.check()  # a closing replica answers BatcherClosed (503, retry elsewhere), not a 500
+        if self.head_kind.name == "prm" or any(it.steps is not None for it in req.items):
+            from ray_rm.serve.step_answers import score_step_request
+
+            return await score_step_request(self, req)
         if any(it.input_ids is not None for it in req.items) and not self.same_tokenizer:
             raise InputError("input_ids cannot be scored by this ensemble: its members use different tokenizers; "
                              "send text or messages")
         loop = asyncio.get_running_loop()
         encoded = await asyncio.gather(*(loop.run_in_executor(self._tokenize, self._encode, m, req.items, req.field)
                                          for m in self.members))
-        member_rewards = await asyncio.gather(*(b.score(seqs) for b, seqs in zip(self.batchers, encoded)))
-        out = combine(list(member_rewards), [m.stats for m in self.members], req.normalize,
+        member_values = await asyncio.gather(*(b.score(seqs) for b, seqs in zip(self.batchers, encoded)))
+        member_rewards, attributes = self._rewards(req, list(member_values))
+        out = combine(member_rewards, [m.stats for m in self.members], req.normalize,
                       self.cfg.ensemble_penalty, req.clip)
+        if attributes is not None:
+            out["attributes"] = attributes
         out.update(self.head_kind.answer(out["rewards"]))  # how this head names its outputs
         out["model"] = self.name
         out["num_tokens"] = [len(s) for s in encoded[0]]  # as the first member tokenized them (usage counts)

@@ -73,8 +73,10 @@ class RewardServer:
     def __init__(self, config: dict):
         import torch
 
+        from ray_rm.logging_setup import configure_worker
         from ray_rm.serve.scoring_engine import ScoringEngine
 
+        configure_worker()
         self.cfg = from_dict(ServeConfig, config)
         torch.set_num_threads(self.cfg.torch_threads or max(1, int(self.cfg.num_cpus)))
         self._token = self.cfg.resolved_token().encode()

@@ -6,8 +6,8 @@ loop does) or report anything but the checkpoint it saves (``save`` calls ``ray.
 
 Every rank writes its ZeRO shards into a local folder and reports it with the same
 ``checkpoint_dir_name``; Ray Train merges the folders in storage. Rank 0 adds ``train_state.json``
-(step, epoch, best eval loss, counters), so a re-run with the same run name continues at the exact
-next row. Parameters are checked for NaN/inf before any save: a corrupted model is never checkpointed.
+(step, epoch, best eval loss, counters, the loss and accuracy curves so far), so a re-run with the same
+run name continues at the exact next row. Parameters are checked for NaN/inf before any save: a corrupted model is never checkpointed.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class TrainState:
     done: bool = False
     last_eval: dict = field(default_factory=dict)
     last_train: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)  # loss/accuracy per step and per eval (train/curves.py)
 
 
 def params_finite(engine) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from ray_rm.config_schema import TrainConfig
+from ray_rm.logging_setup import deepspeed_log_level, library_prints
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def deepspeed_config(tc: TrainConfig, dtype: torch.dtype) -> dict:
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
+        "log_level": deepspeed_log_level(),  # DeepSpeed sets its logger from this when the engine starts
     }
 
 
@@ -118,9 +120,10 @@ def initialize(model, tc: TrainConfig, total_steps: int, dtype: torch.dtype, wor
     optimizer = make_optimizer(model, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc.warmup_ratio,
                                                                          tc.min_lr_ratio))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(replace(tc, zero_stage=stage), dtype), dist_init_required=False)
+    with library_prints():  # "... built successfully" per worker, unless --verbose
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(replace(tc, zero_stage=stage), dtype), dist_init_required=False)
     if world_size == 1 and stage == 0:
         engine.enable_backward_allreduce = False  # nothing to average: skip flattening every gradient
         # (ZeRO >= 1 moves gradients into its fp32 partitions in that step: it must run there)

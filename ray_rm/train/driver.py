@@ -11,7 +11,8 @@ stream, tokenize and pack their own rows while they train (train/data_feed.py), 
 row counts come back with the final result. After training, the export self-test (model/export_check.py) scores training
 examples through plain transformers against ray_rm's own scorer; a failure fails the job after the
 summary is written. Outputs in ``output_dir``: ``hf/`` (the Hugging Face checkpoint), ``summary.json``
-(with ``export_check``), ``drop_report.json``, ``tensorboard/``.
+(with ``export_check`` and the loss/accuracy ``curves``), ``train_curves.png``, ``drop_report.json``,
+``metrics.jsonl``, ``tensorboard/``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ray_rm.data.pipeline import PackSettings
 from ray_rm.data.prepare import resolve_max_length
 from ray_rm.data.quality import DropReport, usage_line
 from ray_rm.errors import UserError
+from ray_rm.train import curves
 from ray_rm.validation import validate, validate_with_model
 
 log = logging.getLogger(__name__)
@@ -75,14 +77,26 @@ def _resolve_settings(cfg: TrainJobConfig) -> tuple[TrainJobConfig, str, object]
     hf_config = AutoConfig.from_pretrained(model_path)
     validate_with_model(cfg, hf_config)
     out = Path(cfg.output_dir).resolve()
-    cfg = replace(cfg, output_dir=str(out), data=resolve_max_length(cfg.data, model_path))
+    cfg = replace(cfg, output_dir=str(out), data=resolve_max_length(cfg.data, model_path),
+                  model=_with_attribute_names(cfg))
     out.mkdir(parents=True, exist_ok=True)
     return cfg, model_path, hf_config
 
 
+def _with_attribute_names(cfg: TrainJobConfig):
+    """model.head=attributes: the names fixed before any data task runs (configured, or the first rated row's)."""
+    if cfg.model.head != "attributes":
+        return cfg.model
+    from ray_rm.data.rated_groups import attribute_names
+
+    names = attribute_names(cfg.model.attributes, cfg.data.train_files, cfg.data)
+    print(f"[ray_rm] attributes: {', '.join(names)}", flush=True)
+    return replace(cfg.model, attributes=list(names))
+
+
 def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[PackSettings, int, object]:
     """How the data is tokenized and packed for this model, the pad id of its rows (never the reward token),
-    and the driver's encoder (for the epoch-length estimate and the export check)."""
+    and the driver's encoder (for the epoch-length estimate)."""
     from ray_rm.data.pipeline import make_encoder
     from ray_rm.model.build import detect_kind
     from ray_rm.model.export import pick_pad_token
@@ -92,7 +106,9 @@ def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[Pac
     tokenizer = encoder.tokenizer
     pad_id = pick_pad_token(tokenizer)[1] if kind == "decoder" else (tokenizer.pad_token_id or 0)
     settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
-                            seed=cfg.train.seed if cfg.data.shuffle else None)
+                            seed=cfg.train.seed if cfg.data.shuffle else None, head=cfg.model.head,
+                            step_separator=cfg.model.step_separator, prm_last_step_only=cfg.train.prm_last_step_only,
+                            attributes=tuple(cfg.model.attributes) if cfg.model.head == "attributes" else ())
     return settings, pad_id, encoder
 
 
@@ -118,9 +134,10 @@ def _plan(cfg: TrainJobConfig, settings: PackSettings, encoder) -> RunPlan:
 
 def _trainer(cfg: TrainJobConfig, plan: RunPlan, pad_token_id: int):
     """The ``TorchTrainer``: workers run ``train_loop_per_worker`` and stream the data plan's tasks."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ray_rm.logging_setup import train_log_level
     from ray_rm.train.loop import train_loop_per_worker
     from ray_rm.train.metrics import ProgressLine
 
@@ -141,7 +158,8 @@ def _trainer(cfg: TrainJobConfig, plan: RunPlan, pad_token_id: int):
         run_config=RunConfig(name=plan.run_name, storage_path=str(plan.storage),
                              failure_config=FailureConfig(max_failures=tc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[ProgressLine(plan.total_steps)]),
+                             callbacks=[ProgressLine(plan.total_steps)],
+                             logging_config=LoggingConfig(log_level=train_log_level())),
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
     )
 
@@ -164,6 +182,8 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, run: dict) -> dict:
     (the workers' data summary), print the verdicts.
 
     The summary is written before a failed export check raises, so the failure is on record."""
+    from ray_rm.train.checkpointing import STATE_FILE
+
     out = Path(cfg.output_dir)
     hf_dir = out / "hf"
     with result.checkpoint.as_directory() as ckpt:
@@ -172,6 +192,7 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, run: dict) -> dict:
         if hf_dir.exists():
             shutil.rmtree(hf_dir)
         shutil.copytree(Path(ckpt) / "hf", hf_dir)
+        run_curves = curves.read_from_checkpoint(ckpt, STATE_FILE)
     check = _check_export(cfg, model_path, hf_dir)
     metrics = dict(result.metrics or {})
     data = json.loads(metrics.pop("data_summary_json"))
@@ -190,6 +211,8 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, run: dict) -> dict:
                  "fill_fraction": train["tokens"] / max(1, train["rows"] * cfg.data.pack_tokens),
                  "drop_report": reports},
         "export_check": check.to_dict(),
+        "curves": run_curves,
+        "curves_png": curves.plot(run_curves, out / "train_curves.png", title=run["run_name"]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     lines = [usage_line(f"{name} data", DropReport.from_dict(rep)) for name, rep in reports.items() if rep]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,7 +19,7 @@ import torch
 from ray_rm.config import from_dict
 from ray_rm.config_schema import TrainJobConfig
 from ray_rm.losses import LossSettings
-from ray_rm.train import checkpointing
+from ray_rm.train import checkpointing, curves
 from ray_rm.train.checkpointing import TrainState
 from ray_rm.train.collectives import barrier
 from ray_rm.train.data_feed import WorkerFeed
@@ -39,7 +40,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if state.global_step:
         log.info("rank %d resumed at step %d (epoch %d, step %d of the epoch)", rank.world_rank, state.global_step,
                  state.epoch, state.step_in_epoch)
-    writer = MetricsWriter(cfg.output_dir if rank.world_rank == 0 else None, tc.tensorboard)
+    writer = MetricsWriter(cfg.output_dir if rank.world_rank == 0 else None, tc.tensorboard, state.curves)
     consumed = ConsumedIds(cfg.output_dir, rank.world_rank, tc.record_pair_ids)
 
     # ---- the data stream: this rank's packed rows, step by step
@@ -91,14 +92,13 @@ class Rank:
 
 
 def setup_worker(tc) -> Rank:
-    """This worker's place in the run (ranks, data-parallel coordinates, device) and its quiet logging."""
+    """This worker's place in the run (ranks, data-parallel coordinates, device) and its logging (--verbose)."""
     import ray.train
-    from transformers.utils import logging as hf_logging
 
-    from ray_rm.ray_utils import quiet_ray_logs
+    from ray_rm.logging_setup import configure_worker
 
-    hf_logging.set_verbosity_error()
-    quiet_ray_logs()
+    configure_worker()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if tc.use_gpu else "cpu")  # DeepSpeed warns when it guesses
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device("cuda", ctx.get_local_rank()) if tc.use_gpu else torch.device("cpu")
@@ -183,6 +183,7 @@ def final_eval_export_and_checkpoint(ctx: StepContext, feed: WorkerFeed, state: 
     final.update({"global_step": state.global_step, "pairs_seen": state.pairs_seen,
                   "tokens_seen": state.tokens_seen, "skipped_micro_batches": state.skipped_micro_batches,
                   "data_summary_json": json.dumps(feed.data_summary())})  # a collective: every rank
+    curves.record(state.curves, final)  # the final eval's point, saved with the final checkpoint
     lora = cfg.train.lora.r > 0
     weights = checkpointing.gathered_state_dict(ctx.engine, trainable_only=lora)  # a collective: every rank
     meta = dict(loop_config["export_meta"], reward_mean=ev.get("reward_mean", 0.0),

@@ -1,5 +1,5 @@
 """Training metrics under open-instruct's names, their files (metrics.jsonl, TensorBoard, consumed pair ids),
-and the driver's progress line.
+and the driver's progress line (its text and ETA: ray_rm/progress.py).
 
 What this module is for: naming and writing what a step measured. What it must not do: compute losses or
 decide when to report (the train loop does; ``ray.train.report`` is a barrier every rank must reach).
@@ -12,6 +12,9 @@ import os
 import time
 
 from ray.train import UserCallback
+
+from ray_rm.progress import StepRate, train_line
+from ray_rm.train import curves
 
 
 def step_metrics(sums: dict, engine, pack_tokens: int, state) -> dict:
@@ -39,10 +42,14 @@ def step_metrics(sums: dict, engine, pack_tokens: int, state) -> dict:
 
 
 class MetricsWriter:
-    """Rank 0 writes every step's metrics to ``metrics.jsonl`` and TensorBoard; other ranks do nothing."""
+    """Rank 0 writes every step's metrics to ``metrics.jsonl`` and TensorBoard; other ranks do nothing.
 
-    def __init__(self, output_dir: str | None, tensorboard: bool):
+    Every rank also records the loss/accuracy points into ``curves`` (the train state's, so they are
+    checkpointed with it; see train/curves.py)."""
+
+    def __init__(self, output_dir: str | None, tensorboard: bool, curves: dict | None = None):
         self.writer = self.jsonl = None
+        self.curves = curves
         if output_dir:
             self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
             if tensorboard:
@@ -51,6 +58,8 @@ class MetricsWriter:
                 self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"))
 
     def write(self, metrics: dict, step: int) -> None:
+        if self.curves is not None:
+            curves.record(self.curves, metrics)
         if self.jsonl is None:
             return
         self.jsonl.write(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}) + "\n")
@@ -91,24 +100,19 @@ class ConsumedIds:
 
 
 class ProgressLine(UserCallback):
-    """Prints one line per report on the Ray Train controller; Ray forwards it to the driver's console."""
+    """Prints one line per report on the Ray Train controller (Ray forwards it to the driver's console): rank 0's
+    global metrics, pairs/s, time elapsed since the job planned the run and the ETA (``ray_rm/progress.py``)."""
 
     def __init__(self, total_steps: int):
         self.total_steps = total_steps
         self.started = time.time()
+        self.rate = StepRate()
 
     def after_report(self, run_context, metrics, checkpoint):
         m = metrics[0] if metrics else {}
         step = m.get("global_step")
         if step is None:
             return
-        parts = [f"step {step}/{self.total_steps}"]
-        for key, label in (("train/rm/loss", "loss"), ("train/rm/accuracy", "acc"),
-                           ("train/rm/reward_margin", "margin"), ("train/rm/tokens_per_s", "tok/s"),
-                           ("eval/rm/loss", "eval_loss"), ("eval/rm/accuracy", "eval_acc")):
-            if key in m and isinstance(m[key], (int, float)) and math.isfinite(m[key]):
-                parts.append(f"{label} {m[key]:.4g}")
-        if checkpoint is not None:
-            parts.append("checkpoint saved")
-        elapsed = time.time() - self.started
-        print(f"[ray_rm] {' | '.join(parts)} | {elapsed:.0f}s", flush=True)
+        now = time.time()
+        rate = self.rate.observe(int(step), now, m.get("train/rm/step_seconds"))
+        print(train_line(m, self.total_steps, now - self.started, rate, checkpoint is not None), flush=True)

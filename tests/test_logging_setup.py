@@ -1,0 +1,133 @@
+"""Quiet by default, --verbose on request: the flag is parsed and documented, and the switch reaches ray.init,
+the workers' environment, the library loggers and DeepSpeed's config (no Ray cluster needed)."""
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from ray_rm import logging_setup
+from ray_rm.cli import parse_job_config
+from ray_rm.config_schema import RayConfig, TrainConfig, TrainJobConfig
+from ray_rm.eval.config import EvalJobConfig
+from ray_rm.ray_utils import init_kwargs
+from ray_rm.relabel.config import RelabelJobConfig
+from ray_rm.serve.config import ServeJobConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LOGGERS = ("", "ray", "ray.data", "ray.train", "DeepSpeed", "transformers", "httpx", "ray_rm",
+           logging_setup.RAY_DATA_PROGRESS_LOGGER)
+
+
+@pytest.fixture
+def restore_logging():
+    """Put every logger level, the env switch and Ray Data's context back as they were."""
+    from ray.data import DataContext
+
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    env = os.environ.get(logging_setup.VERBOSE_ENV)
+    ctx = DataContext.get_current()
+    data = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+    with warnings.catch_warnings():
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    if env is None:
+        os.environ.pop(logging_setup.VERBOSE_ENV, None)
+    else:
+        os.environ[logging_setup.VERBOSE_ENV] = env
+    ctx.enable_progress_bars, ctx.print_on_execution_start = data
+
+
+@pytest.mark.parametrize("cls", [TrainJobConfig, ServeJobConfig, RelabelJobConfig, EvalJobConfig])
+def test_verbose_flag_is_parsed_and_documented(cls, capsys):
+    assert parse_job_config(cls, [], "job").ray.verbose is False  # quiet by default (the schema's default)
+    assert parse_job_config(cls, ["--verbose"], "job").ray.verbose is True
+    assert parse_job_config(cls, ["ray.verbose=true"], "job").ray.verbose is True  # the key it stands for
+    with pytest.raises(SystemExit):
+        parse_job_config(cls, ["--help"], "job")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--verbose same as ray.verbose=true: also print the INFO logs of Ray" in text
+    assert "ray.verbose bool = False also print the INFO logs of Ray" in text  # the schema's settings list
+
+
+def test_demo_documents_verbose():
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "demo.py"), "--help"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), check=True).stdout
+    assert "--verbose" in out and "INFO logs of Ray" in " ".join(out.split())
+
+
+def test_quiet_switch_reaches_ray_init_and_the_workers_environment():
+    quiet = init_kwargs(RayConfig(verbose=False), local=True)
+    assert quiet["logging_level"] == logging.WARNING and quiet["log_to_driver"] is True
+    env = quiet["runtime_env"]["env_vars"]
+    assert env[logging_setup.VERBOSE_ENV] == "0" and env["TOKENIZERS_PARALLELISM"] == "false"
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # a local one-node cluster is never preempted
+    loud = init_kwargs(RayConfig(verbose=True), local=False)
+    assert loud["logging_level"] == logging.INFO and loud["runtime_env"]["env_vars"][logging_setup.VERBOSE_ENV] == "1"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in loud["runtime_env"]["env_vars"]  # joined clusters: kept
+
+
+def test_configure_sets_library_levels_and_deepspeed_config(restore_logging):
+    from ray.data import DataContext
+    from ray.serve.schema import LoggingConfig as ServeLoggingConfig
+    from transformers.utils import logging as hf_logging
+
+    from ray_rm.train.deepspeed_setup import deepspeed_config
+
+    os.environ[logging_setup.VERBOSE_ENV] = "0"
+    logging_setup.configure_worker()  # what a worker does with the driver's quiet switch
+    for name in ("", "ray", "ray.data", "ray.train", "DeepSpeed", "httpx"):
+        assert logging.getLogger(name).level == logging.WARNING, name
+    assert logging.getLogger("ray_rm").getEffectiveLevel() == logging.INFO  # ray_rm's own lines stay
+    assert hf_logging.get_verbosity() == logging.WARNING  # warnings stay visible, INFO goes
+    assert DataContext.get_current().print_on_execution_start is False
+    assert deepspeed_config(TrainConfig(), torch.float32)["log_level"] == "warning"
+    assert logging_setup.train_log_level() == "WARNING"  # Ray Train's LoggingConfig in the driver's RunConfig
+    assert ServeLoggingConfig(**logging_setup.serve_logging_config()).log_level == "WARNING"  # Serve's own schema
+    assert logging.getLogger(logging_setup.RAY_DATA_PROGRESS_LOGGER).level == logging.ERROR
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use ...", FutureWarning)
+        warnings.warn("something else is deprecated", FutureWarning)  # any other warning stays
+        warnings.warn("a real problem", UserWarning)
+    assert [str(w.message) for w in seen] == ["something else is deprecated", "a real problem"]
+
+    logging_setup.configure(True)
+    assert os.environ[logging_setup.VERBOSE_ENV] == "1"  # processes started from here inherit it
+    for name in ("", "ray", "ray.data", "DeepSpeed", "httpx"):
+        assert logging.getLogger(name).level == logging.INFO, name
+    assert hf_logging.get_verbosity() == logging.INFO
+    assert DataContext.get_current().print_on_execution_start is True
+    assert deepspeed_config(TrainConfig(), torch.float32)["log_level"] == "info"
+    assert logging_setup.train_log_level() == "INFO"
+    assert ServeLoggingConfig(**logging_setup.serve_logging_config()).log_level == "INFO"
+    assert logging.getLogger("ray_rm").level == logging.DEBUG  # ray_rm's debug notes come back too
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+    assert len(seen) == 1
+
+
+def test_deepspeed_reads_the_log_level_we_pass(restore_logging):
+    """DeepSpeed's own config parser takes the key (the engine then sets its logger from it)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from ray_rm.train.deepspeed_setup import deepspeed_config
+
+    os.environ[logging_setup.VERBOSE_ENV] = "0"
+    cfg = deepspeed_config(TrainConfig(), torch.float32)
+    assert DeepSpeedConfig(cfg).log_level == "warning"
+
+
+def test_only_the_verbose_run_printed_the_library_line(restore_logging, capsys):
+    os.environ[logging_setup.VERBOSE_ENV] = "0"
+    with logging_setup.library_prints():
+        print("quiet op built")
+    os.environ[logging_setup.VERBOSE_ENV] = "1"
+    with logging_setup.library_prints():
+        print("verbose op built")
+    assert capsys.readouterr().out == "verbose op built\n"
