@@ -12,8 +12,6 @@ Designs (``DESIGNS``: name -> runner(files, opts) returning per-rank counters):
   baseline   today's feed: the driver runs the whole pipeline and materializes it in the object store, then
              TorchTrainer with ``DataConfig(datasets_to_split=[])``: every worker iterates every row and keeps
              row k when k % dp == rank (ray_rm/train/data_feed.py's arithmetic).
-  prototype  per-rank streaming (bench/stream_prototype.py): each worker builds its own Ray Data pipeline
-             over its read tasks inside the train loop (design C of SCALE_DESIGN.md).
   stream     ray_rm's streaming feed (ray_rm/train/feed_plan.py + data_feed.py): the driver plans read tasks
              and estimates the epoch from a sample; each worker streams its own tasks through a windowed
              Ray Data pipeline while it steps (the default of the train job).
@@ -131,12 +129,6 @@ def baseline_loop(config: dict) -> None:
     report_counters(counters)
 
 
-def run_prototype(files: list[str], opts: BenchOptions) -> dict:
-    from stream_prototype import run as run_stream
-
-    return run_stream(files, opts)
-
-
 # ---------------------------------------------------------------- stream: the library's streaming feed
 def run_stream(files: list[str], opts: BenchOptions) -> dict:
     """ray_rm's feed as the train job runs it: plan on the driver (train/feed_plan.py), stream per rank."""
@@ -192,7 +184,7 @@ def stream_loop(config: dict) -> None:
     report_counters(counters, {"data_summary": feed.data_summary()})
 
 
-DESIGNS = {"baseline": run_baseline, "prototype": run_prototype, "stream": run_stream}
+DESIGNS = {"baseline": run_baseline, "stream": run_stream}
 
 
 # ---------------------------------------------------------------- harness
