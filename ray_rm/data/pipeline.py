@@ -125,8 +125,6 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     """A lazy ``ray.data.Dataset`` of packed rows and per-task report rows over all read tasks, in seed order."""
     from ray.data import DataContext
 
-    from ray_rm.ray_utils import FAIL_FAST_ACTORS
-
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
@@ -142,6 +140,8 @@ def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings:
     ``resource_limits``): the streaming feed's window, which bounds memory whatever the data size."""
     import ray
     from ray.data import ActorPoolStrategy, ExecutionOptions, ExecutionResources
+
+    from ray_rm.ray_utils import FAIL_FAST_ACTORS
 
     items = [{"task": json.dumps(t), "task_index": i} for i, t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
