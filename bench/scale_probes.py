@@ -92,6 +92,7 @@ class RankCounters:
         self.first_step_time: float | None = None
         self.last_step_time: float | None = None
         self.first_row_time: float | None = None
+        self.first_step_pairs = 0  # pairs of the first step (the steady rate counts the pairs after it)
 
     def saw_row(self) -> None:
         self.rows_read += 1
@@ -111,6 +112,8 @@ class RankCounters:
                 self.rows_trained += 1
                 self.pairs += len(row.group_ids)
                 self.tokens += len(row.input_ids)
+        if self.steps == 1:
+            self.first_step_pairs = self.pairs
 
 
 class TinyStep:
