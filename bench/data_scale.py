@@ -147,7 +147,8 @@ def run_stream(files: list[str], opts: BenchOptions) -> dict:
     estimate = estimate_steps_per_epoch(tasks, make_encoder(settings.tokenizer_path, cfg), cfg, settings,
                                         opts.workers, 1)
     plan = FeedPlan(tasks, [], cfg, settings, replace(settings, seed=None),
-                    max(1, math.ceil(opts.tokenize_actors / opts.workers)), opts.window_mb * 2 ** 20, estimate)
+                    actors_per_rank=max(1, math.ceil(opts.tokenize_actors / opts.workers)), actor_cpus=1.0,
+                    window_bytes=opts.window_mb * 2 ** 20, estimated_steps_per_epoch=estimate)
     plan_s = time.time() - t0
     with tempfile.TemporaryDirectory(prefix="data_scale_") as storage:
         result = make_trainer(stream_loop, {"plan": plan, "noop": opts.step == "noop", "seed": opts.seed,

@@ -32,7 +32,8 @@ def make_plan(tokenizer_dir: str) -> FeedPlan:
     settings = PackSettings(tokenizer_path=tokenizer_dir, share_prompt=True, seed=SEED)
     train = balanced_tasks(CFG.train_files, CFG, SEED, dp_size=1)  # 3 tasks of 20: uneven over 2 ranks
     one_pair = [t.to_dict() for t in ordered_tasks([str(HH_TEST)], replace(CFG, limit=1), None)]
-    return FeedPlan(train, one_pair, CFG, settings, replace(settings, seed=None), 1, 0, 1)
+    return FeedPlan(train, one_pair, CFG, settings, replace(settings, seed=None), actors_per_rank=1, actor_cpus=1.0,
+                    window_bytes=0, estimated_steps_per_epoch=1)
 
 
 def ids(rows: list) -> list:
@@ -164,3 +165,13 @@ def test_epoch_length_estimate_is_close_to_the_packed_count(smollm2_dir):
     real = max(sum(r["kind"] == "packed" for r in direct_task_records(rank_tasks(tasks, 0, SEED, 2, rank), encoder,
                                                                       cfg, settings)) for rank in (0, 1))
     assert abs(estimate - real) <= 0.25 * real, (estimate, real)
+
+
+def test_stream_actors_take_a_share_of_what_the_workers_leave():
+    """A cluster the workers fill must not leave the stream actors unplaceable (the job would hang at step 0)."""
+    from ray_rm.train.feed_plan import stream_actor_cpus
+
+    assert stream_actor_cpus(free_cpus=4.0, streams=2, actors_per_stream=1) == 1.0  # room: a whole CPU each
+    assert stream_actor_cpus(free_cpus=1.75, streams=2, actors_per_stream=1) == 0.87  # 4 CPUs, 2 workers, 0.25 held
+    assert stream_actor_cpus(free_cpus=0.0, streams=2, actors_per_stream=2) == 0.0
+    assert stream_actor_cpus(free_cpus=-1.0, streams=1, actors_per_stream=1) == 0.0  # workers alone overfill it

@@ -132,12 +132,13 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
 
 
 def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings: PackSettings, actors: int,
-                  window_bytes: int = 0):
+                  window_bytes: int = 0, actor_cpus: float = 1.0):
     """A lazy ``ray.data.Dataset`` over the given (task index, task dict) pairs, packed on an actor pool.
 
     One block per task and ``preserve_order``: the stream is the tasks' rows in the given order. With
     ``window_bytes`` the dataset's own executor may hold at most that many object-store bytes (its
-    ``resource_limits``): the streaming feed's window, which bounds memory whatever the data size."""
+    ``resource_limits``): the streaming feed's window, which bounds memory whatever the data size.
+    ``actor_cpus``: the logical CPUs each pack actor asks for (train/feed_plan.stream_actor_cpus)."""
     import ray
     from ray.data import ActorPoolStrategy, ExecutionOptions, ExecutionResources
 
@@ -148,7 +149,7 @@ def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings:
     ds = ds.map_batches(
         PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
         batch_size=1, compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
-        batch_format="numpy", num_cpus=1, **FAIL_FAST_ACTORS,
+        batch_format="numpy", num_cpus=actor_cpus, **FAIL_FAST_ACTORS,
     )
     if window_bytes:  # a training stream: bounded, and quiet in the worker's log
         ds.context.execution_options = ExecutionOptions(

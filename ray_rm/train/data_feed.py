@@ -128,7 +128,8 @@ def ray_data_source(plan: FeedPlan) -> Source:
     def stream(tasks: list) -> Iterator[dict]:
         if not tasks:
             return
-        ds = tasks_dataset(tasks, plan.data_cfg, plan.settings, plan.actors_per_rank, plan.window_bytes)
+        ds = tasks_dataset(tasks, plan.data_cfg, plan.settings, plan.actors_per_rank, plan.window_bytes,
+                           plan.actor_cpus)
         try:
             yield from ds.iter_rows()
         except RayError as exc:

@@ -120,8 +120,12 @@ def _plan(cfg: TrainJobConfig, settings: PackSettings, encoder) -> RunPlan:
     out = Path(cfg.output_dir)
     dp = tc.num_workers // tc.sequence_parallel_size
     t0 = time.time()
-    feed = plan_feed(cfg, settings, encoder, dp)
+    feed = plan_feed(cfg, settings, encoder, dp, free_cpus=_cpus_left_by_workers(tc))
     estimated = feed.estimated_steps_per_epoch * tc.num_epochs
+    if feed.actor_cpus < 1:
+        print(f"[ray_rm] the cluster has too few free CPUs for {tc.num_workers} workers plus their streams' "
+              f"pack actors: each actor asks for {feed.actor_cpus} CPU and shares the cores with training",
+              flush=True)
     how = (f"train.max_steps {tc.max_steps}" if tc.max_steps else
            f"~{estimated} steps estimated from a {cfg.data.step_estimate_pairs}-pair packed sample "
            f"({tc.num_epochs} epochs; the run ends after the last epoch whatever the estimate)")
@@ -130,6 +134,13 @@ def _plan(cfg: TrainJobConfig, settings: PackSettings, encoder) -> RunPlan:
           flush=True)
     storage = Path(tc.storage_path).resolve() if tc.storage_path else out / "ray_storage"
     return RunPlan(tc.max_steps or estimated, tc.run_name or f"ray_rm-{out.name}", storage, dp, feed)
+
+
+def _cpus_left_by_workers(tc) -> float:
+    """Logical CPUs the cluster has free now, less what the train workers will take (the stream actors' share)."""
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0) - tc.num_workers * tc.cpus_per_worker
 
 
 def _trainer(cfg: TrainJobConfig, plan: RunPlan, pad_token_id: int):

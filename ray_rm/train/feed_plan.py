@@ -48,6 +48,7 @@ class FeedPlan:
     settings: PackSettings  # train packing (seeded shuffle within tasks)
     eval_settings: PackSettings  # eval packing (no shuffle)
     actors_per_rank: int  # each rank's tokenize/pack actor pool
+    actor_cpus: float  # logical CPUs each of those actors asks Ray for (see stream_actor_cpus)
     window_bytes: int  # object-store bytes each rank's stream may hold
     estimated_steps_per_epoch: int
 
@@ -101,13 +102,29 @@ def estimate_steps_per_epoch(tasks: list[dict], encoder, data_cfg: DataConfig, s
     return max(1, max(steps))
 
 
-def plan_feed(cfg, settings: PackSettings, encoder, dp_size: int) -> FeedPlan:
-    """The streaming feed's plan for a train job config (``cfg.data`` with max_length resolved)."""
+def stream_actor_cpus(free_cpus: float, streams: int, actors_per_stream: int) -> float:
+    """Logical CPUs per stream actor: 1, or the share of ``free_cpus`` (what the cluster has left once the train
+    workers are placed) when that is less than one each, down to 0.
+
+    Why: a train worker waits for its first row, and its stream's actors wait for CPUs; if the cluster cannot
+    place them (a small local cluster the workers fill, other jobs holding CPUs) the job hangs before step 1
+    with nothing in the log. With a share the actors start and time-share the cores with training, which is
+    what they do on one machine anyway; on a cluster with spare CPU nodes they keep a whole CPU each."""
+    wanted = streams * actors_per_stream
+    if free_cpus >= wanted:
+        return 1.0
+    return math.floor(max(0.0, free_cpus) / wanted * 100) / 100
+
+
+def plan_feed(cfg, settings: PackSettings, encoder, dp_size: int, free_cpus: float = math.inf) -> FeedPlan:
+    """The streaming feed's plan for a train job config (``cfg.data`` with max_length resolved); ``free_cpus``:
+    the cluster's logical CPUs left for the stream actors once the train workers are placed."""
     data_cfg, tc = cfg.data, cfg.train
     train_tasks = balanced_tasks(data_cfg.train_files, data_cfg, settings.seed, dp_size)
     eval_settings = replace(settings, seed=None)
     eval_tasks = balanced_tasks(data_cfg.eval_files, data_cfg, None, dp_size) if data_cfg.eval_files else []
     estimate = estimate_steps_per_epoch(train_tasks, encoder, data_cfg, settings, dp_size, tc.micro_steps_per_update)
-    return FeedPlan(train_tasks, eval_tasks, data_cfg, settings, eval_settings,
-                    actors_per_rank=max(1, math.ceil(data_cfg.tokenize_actors / dp_size)),
+    actors = max(1, math.ceil(data_cfg.tokenize_actors / dp_size))
+    return FeedPlan(train_tasks, eval_tasks, data_cfg, settings, eval_settings, actors_per_rank=actors,
+                    actor_cpus=stream_actor_cpus(free_cpus, tc.num_workers, actors),  # every SP rank streams
                     window_bytes=data_cfg.stream_window_mb * 2 ** 20, estimated_steps_per_epoch=estimate)
