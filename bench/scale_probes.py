@@ -145,7 +145,7 @@ class TinyStep:
             ids = torch.tensor(row.input_ids, dtype=torch.long) % self.buckets
             # one bag per sequence: the tokens after the previous sequence's reward token through its own
             offsets = torch.tensor([-1] + list(row.reward_index[:-1]), dtype=torch.long) + 1
-            rewards = self.model((ids, offsets)).squeeze(-1)
+            rewards = self.model[1](self.model[0](ids, offsets)).squeeze(-1)
             even = rewards[: len(rewards) // 2 * 2]  # (chosen, rejected) sequence pairs
             loss = loss + torch.nn.functional.softplus(even[1::2] - even[0::2]).mean()
         if loss.requires_grad:
