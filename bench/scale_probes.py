@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 
@@ -165,4 +166,8 @@ def report_counters(counters: RankCounters, extra: dict | None = None) -> None:
     mine = dict(vars(counters), rank=ray.train.get_context().get_world_rank(), pid=os.getpid(), **(extra or {}))
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
-    ray.train.report({"ranks_json": json.dumps(everyone)})
+    metrics = {"ranks_json": json.dumps(everyone)}
+    # Ray Train V2's Result.metrics are those reported with the latest checkpoint: rank 0 attaches an empty one
+    with tempfile.TemporaryDirectory() as tmp:
+        first = ray.train.get_context().get_world_rank() == 0
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if first else None)
