@@ -328,6 +328,7 @@ def main() -> None:
             if "rows_total" in run:
                 run["read_amplification"] = round(sum(run["rows_read_per_worker"]) / max(1, run["rows_total"]), 3)
             run["data_bytes"] = manifest["bytes"]
+            run["max_steps"] = opts.max_steps  # 0: one full epoch
             runs = [r for r in runs if (r["design"], r["size"]) != (design, size)] + [run]
             print(json.dumps({k: v for k, v in run.items() if k != "object_store_timeline"}), flush=True)
     results.mkdir(parents=True, exist_ok=True)

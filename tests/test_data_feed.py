@@ -175,3 +175,15 @@ def test_stream_actors_take_a_share_of_what_the_workers_leave():
     assert stream_actor_cpus(free_cpus=1.75, streams=2, actors_per_stream=1) == 0.87  # 4 CPUs, 2 workers, 0.25 held
     assert stream_actor_cpus(free_cpus=0.0, streams=2, actors_per_stream=2) == 0.0
     assert stream_actor_cpus(free_cpus=-1.0, streams=1, actors_per_stream=1) == 0.0  # workers alone overfill it
+
+
+def test_tasks_of_unequal_size_are_dealt_by_rows():
+    """4 files of 2500 rows in tasks of 2000: four 2000-row and four 500-row tasks; by position one rank could
+    get 6500 rows and the other 3500. Dealt by rows, both get 5000 in every epoch, each task exactly once."""
+    tasks = [{"start": s, "stop": e} for _ in range(4) for s, e in ((0, 2000), (2000, 2500))]
+    for epoch in range(4):
+        mine = [rank_tasks(tasks, epoch, SEED, 2, r) for r in (0, 1)]
+        assert [sum(t["stop"] - t["start"] for _, t in m) for m in mine] == [5000, 5000]
+        assert sorted(i for m in mine for i, _ in m) == list(range(8))
+        order = epoch_task_order(8, epoch, SEED)  # each rank reads its tasks in the epoch's order
+        assert all([i for i, _ in m] == [i for i in order if i in {j for j, _ in m}] for m in mine)

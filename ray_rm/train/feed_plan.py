@@ -7,8 +7,11 @@ apply to it. What it must not do: read or pack rows for training (the workers st
 touch Ray Train.
 
 Assignment is arithmetic, never "who asks first": the tasks of epoch ``e`` are put in an order that is
-a pure function of (plan, seed, e), and rank ``r`` of ``dp`` reads positions ``r, r + dp, r + 2dp, ...``
-of that order. Every packed row therefore comes from exactly one data-parallel group, every run
+a pure function of (plan, seed, e), and are dealt to ranks by rows, largest task first, each to the rank
+with the fewest rows so far (ties: earlier in the order, lower rank); each rank reads its tasks in the
+epoch's order. Dealing by position (``p % dp``) was uneven whenever tasks differ in size (a file's last
+task is short): measured 349 vs 188 rows on 2 ranks for 4 files of 2500 rows, a third of one rank's
+steps empty. By rows, ranks differ by at most one task's rows (equal tasks: by position, as before). Every packed row therefore comes from exactly one data-parallel group, every run
 with the same seed reads the same rows in the same order, and the S ranks of a sequence-parallel
 group (same dp rank) read identical rows. Because packing is done per task, a task's rows are
 reproducible, which is what exact resume rests on.
@@ -80,7 +83,13 @@ def epoch_task_order(num_tasks: int, epoch: int, seed: int) -> list[int]:
 def rank_tasks(tasks: list, epoch: int, seed: int, dp_size: int, dp_rank: int) -> list[tuple[int, dict]]:
     """(task index, task) that data-parallel rank ``dp_rank`` reads in ``epoch``, in reading order."""
     order = epoch_task_order(len(tasks), epoch, seed)
-    return [(i, tasks[i]) for i in order[dp_rank::dp_size]]
+    rows = [0] * dp_size
+    owner = {}
+    for position in sorted(range(len(order)), key=lambda p: (-task_rows(tasks[order[p]]), p)):
+        rank = min(range(dp_size), key=lambda r: (rows[r], r))
+        owner[order[position]] = rank
+        rows[rank] += task_rows(tasks[order[position]])
+    return [(i, tasks[i]) for i in order if owner[i] == dp_rank]
 
 
 def estimate_steps_per_epoch(tasks: list[dict], encoder, data_cfg: DataConfig, settings: PackSettings,
