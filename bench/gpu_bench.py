@@ -171,7 +171,7 @@ def bench_packed(model_dir, groups, share: bool, args, device, dtype, shape, pea
 
     from ray_rm.config_schema import ModelConfig, TrainConfig
     from ray_rm.data.packer import pack_groups
-    from ray_rm.packed import attention_blocks
+    from ray_rm.model.batch import attention_blocks
     from ray_rm.losses import LossSettings
     from ray_rm.model.build import build_reward_model
     from ray_rm.train.deepspeed_setup import initialize

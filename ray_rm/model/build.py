@@ -1,6 +1,6 @@
 """Build a ``RewardModel`` for training (from a base LM) or inference (from an exported RM checkpoint).
 
-It must not hold head semantics (``heads.py``), the attention kernels (``attention*.py``) or config rules
+It must not hold head semantics (``heads.py``), attention (``attention.py``, ``attn_*.py``) or config rules
 (``ray_rm/validation.py``).
 
 Both paths load ``AutoModelForSequenceClassification(num_labels=1)`` and split it into backbone and
@@ -18,7 +18,7 @@ from ray_rm.assets import resolve_model_path
 from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.errors import UserError
 from ray_rm.model import attention
-from ray_rm.model.attn_backends import model_needs
+from ray_rm.model.attention import model_needs
 from ray_rm.model.heads import HeadKind, get_head
 from ray_rm.model.reward_model import RewardModel
 
@@ -47,7 +47,7 @@ def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = N
                  needs: set = frozenset()) -> tuple[str, str]:
     """(transformers attn_implementation, ray_rm attention backend) for a config value on this device/dtype.
 
-    ``auto``/``varlen`` take the first backend of ``attn_backends.AUTO_ORDER`` that runs here (torch's
+    ``auto``/``varlen`` take the first backend of ``attention.AUTO_ORDER`` that runs here (torch's
     varlen flash kernel on CUDA in bf16/fp16, else SDPA blocks; fp32 on CUDA therefore uses SDPA blocks);
     a named backend (``flash_attention_2`` = ``flash_attn``) is refused with its reason when it cannot run."""
     if requested in ("sdpa", "eager"):
