@@ -63,8 +63,7 @@ def tokenizer_dir() -> str:
 def load_groups(pairs: int, max_len: int, pack_tokens: int):
     """The first ``pairs`` HH-RLHF train pairs that fit ``max_len`` tokens, tokenized like a training run."""
     from ray_rm.config_schema import DataConfig
-    from ray_rm.data.pipeline import make_encoder
-    from ray_rm.data.prepare import process_task
+    from ray_rm.data.prepare import make_encoder, process_task
     from ray_rm.data.sources import plan_read_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens, limit=pairs * 2)

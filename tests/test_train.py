@@ -25,8 +25,7 @@ def eval_accuracy_by_transformers(cfg, hf_dir) -> tuple[float, int]:
     each sequence scored alone by plain transformers; (fraction of pairs ranked right, ties wrong; pairs)."""
     from transformers import AutoModelForSequenceClassification
 
-    from ray_rm.data.pipeline import make_encoder, ordered_tasks
-    from ray_rm.data.prepare import process_task
+    from ray_rm.data.prepare import make_encoder, ordered_tasks, process_task
 
     encoder = make_encoder(cfg.model.name_or_path, cfg.data)
     clf = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
