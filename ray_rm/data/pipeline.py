@@ -77,7 +77,7 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from ray_rm.ray_utils import FAIL_FAST_ACTORS
+    from ray_rm.ray_utils import fail_fast_actors
 
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
@@ -87,7 +87,7 @@ def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSetting
     return ds.map_batches(
         PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
         batch_size=1, compute=ActorPoolStrategy(size=max(1, min(data_cfg.tokenize_actors, len(tasks)))),
-        batch_format="numpy", num_cpus=1, **FAIL_FAST_ACTORS,
+        batch_format="numpy", num_cpus=1, **fail_fast_actors(),
     )
 
 
