@@ -63,8 +63,7 @@ def tokenizer_dir() -> str:
 def load_groups(pairs: int, max_len: int, pack_tokens: int):
     """The first ``pairs`` HH-RLHF train pairs that fit ``max_len`` tokens, tokenized like a training run."""
     from ray_rm.config_schema import DataConfig
-    from ray_rm.data.pipeline import make_encoder
-    from ray_rm.data.prepare import process_task
+    from ray_rm.data.prepare import make_encoder, process_task
     from ray_rm.data.sources import plan_read_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=pack_tokens, limit=pairs * 2)
@@ -171,7 +170,7 @@ def bench_packed(model_dir, groups, share: bool, args, device, dtype, shape, pea
 
     from ray_rm.config_schema import ModelConfig, TrainConfig
     from ray_rm.data.packer import pack_groups
-    from ray_rm.packed import attention_blocks
+    from ray_rm.model.batch import attention_blocks
     from ray_rm.losses import LossSettings
     from ray_rm.model.build import build_reward_model
     from ray_rm.train.deepspeed_setup import initialize

@@ -38,7 +38,7 @@ for name in ("transformers", "peft", "ray", "deepspeed", "pydantic", "flash_attn
         out[name] = __import__(name).__version__
     except Exception as exc:
         out[name] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
-from ray_rm.model.attn_backends import REGISTRY
+from ray_rm.model.attention import REGISTRY
 out["attention"] = {n: REGISTRY[n].refusal("cuda", torch.bfloat16, set()) or "ok" for n in REGISTRY}
 if shutil.which("nvidia-smi"):
     out["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,clocks.max.sm,power.limit",

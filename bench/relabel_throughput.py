@@ -66,7 +66,7 @@ def build_batches(model_path: str, data: Path, rows_per_task: int, pack_tokens: 
     from ray_rm.data.formats import normalize_candidates
     from ray_rm.data.packer import pack_groups
     from ray_rm.data.sources import plan_read_tasks, read_task_rows
-    from ray_rm.data.tokenize import TokenizedGroup
+    from ray_rm.data.packer import TokenizedGroup
     from ray_rm.prefix import common_prefix_len
     from ray_rm.model.batch import collate_row
     from ray_rm.scoring import RewardScorer

@@ -44,7 +44,7 @@ def _time_rank(rank: int, size: int, port: int, configs: list, tokens: int, segm
     import torch
     import torch.distributed as dist
 
-    from ray_rm.packed import AttentionBlock
+    from ray_rm.model.batch import AttentionBlock
     from ray_rm.model.attention import AttentionPlan
     from ray_rm.model.sequence_parallel import SequenceParallelContext
 

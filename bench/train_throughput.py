@@ -45,8 +45,7 @@ def peak_rss_gb() -> float:
 def load_groups(pairs: int, max_len: int):
     """The first ``pairs`` hh-rlhf pairs whose sequences fit ``max_len`` tokens (file order)."""
     from ray_rm.config_schema import DataConfig
-    from ray_rm.data.pipeline import make_encoder
-    from ray_rm.data.prepare import process_task
+    from ray_rm.data.prepare import make_encoder, process_task
     from ray_rm.data.sources import plan_read_tasks
 
     cfg = DataConfig(max_length=max_len, pack_tokens=4 * max_len, limit=pairs * 2)

@@ -33,8 +33,7 @@ def _options(parser) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_job_args(InspectDataConfig, argv, __doc__, add_arguments=_options)
-    from ray_rm.data.pipeline import make_encoder
-    from ray_rm.data.prepare import resolve_max_length
+    from ray_rm.data.prepare import make_encoder, resolve_max_length
     from ray_rm.data.sources import expand_sources
     from ray_rm.data.stats import data_stats, format_stats
     from ray_rm.validation import validate

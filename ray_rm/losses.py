@@ -54,6 +54,9 @@ class LossSettings:
     barrier_coefficient: float = 0.01
     focal_gamma: float = 0.0
 
+    def __post_init__(self):
+        get_loss(self.name)  # an unknown name fails where the settings are made, not at the first micro-batch
+
 
 @dataclass
 class LossResult:
@@ -201,7 +204,7 @@ def step_bce(out, batch, settings):
 
 def compute_loss(out: RewardOutput, batch: ModelBatch, settings: LossSettings) -> LossResult:
     """The registered loss's sums (with units), the optional centering term, and the pairwise statistics."""
-    loss = get_loss(settings.name)
+    loss = LOSSES[settings.name]  # checked when the settings were made
     sums = loss.fn(out, batch, settings)
     res = LossResult(terms={term: (sums[term], unit) for term, unit in loss.terms}, counts=unit_counts(batch))
     rb, rw = out.rewards[batch.pair_better], out.rewards[batch.pair_worse]
@@ -225,7 +228,7 @@ def loss_terms(settings: LossSettings) -> tuple[tuple[str, str], ...]:
     Collectives over loss sums use this layout, so every rank reduces the same shape whether or not
     it had data (a rank with no eval rows computes no terms, but still reduces zeros)."""
     extra = (("center", "pairs"),) if settings.center_rewards_coefficient else ()
-    return get_loss(settings.name).terms + extra
+    return LOSSES[settings.name].terms + extra
 
 
 STAT_KEYS = ("pairs", "correct", "chosen_rewards", "rejected_rewards", "reward_margin")

@@ -1,10 +1,10 @@
 """The packed row: the contract between the data side (packer, Ray Data) and the model side (collate, losses).
 
 What this module is for: the one definition of what a packed row holds (``PackedRow``), how its
-attention is laid out (``AttentionBlock``, ``attention_blocks``), how its sequences are recovered
-(``unpack_sequences``), and its Arrow schema, *derived* from the dataclass fields so that the Ray Data
+sequences are recovered (``unpack_sequences``), and its Arrow schema, *derived* from the dataclass fields so that the Ray Data
 stream, the train feed and the model read the same columns. What it must not do: pack (that is
-``data/packer.py``), tokenize, build tensors (``model/batch.py``), or import Ray, DeepSpeed or torch.
+``data/packer.py``), tokenize, build tensors or the attention layout (``model/batch.py``), or import Ray,
+DeepSpeed or torch.
 
 A row concatenates whole groups (a pair, k ranked responses, or one sequence). Within a group either
 every sequence is laid out whole (position ids restart at 0 per sequence) or, prompt-shared, the group's
@@ -86,33 +86,6 @@ def packed_row_fields(row_cls: type = PackedRow) -> list[tuple[str, pa.DataType]
 def packed_row_schema(extra: list[tuple[str, pa.DataType]] = ()) -> pa.Schema:
     """The Arrow schema of a packed row, plus ``extra`` bookkeeping columns of the stream that carries it."""
     return pa.schema(packed_row_fields() + list(extra))
-
-
-@dataclass(frozen=True)
-class AttentionBlock:
-    """Queries [start, start+length) attend causally to themselves and fully to [prefix_start, +prefix_len)."""
-
-    start: int
-    length: int
-    prefix_start: int = 0
-    prefix_len: int = 0
-
-
-def attention_blocks(row: PackedRow) -> list[AttentionBlock]:
-    """The row's attention layout: a shared prefix is its own block, each suffix a block that also sees it."""
-    blocks = []
-    pos, seq = 0, 0
-    for size, prefix in zip(row.group_sizes, row.group_prefix_lens):
-        prefix_start = pos
-        if prefix:
-            blocks.append(AttentionBlock(pos, prefix))
-            pos += prefix
-        for _ in range(size):
-            n = row.seq_laid_out_lens[seq]
-            blocks.append(AttentionBlock(pos, n, prefix_start if prefix else 0, prefix))
-            pos += n
-            seq += 1
-    return blocks
 
 
 def unpack_sequences(row: PackedRow) -> list[list[int]]:

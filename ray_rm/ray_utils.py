@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 
 from ray_rm import logging_setup
 from ray_rm.config_schema import RayConfig
@@ -32,7 +33,15 @@ _WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON
 # limit, which loops forever on a deterministic crash (e.g. an OOM from a too-large pack_tokens). It also avoids
 # the ERROR line Ray's core worker logs for every restartable actor whose constructor arguments live in the object
 # store, as Ray Data's always do (ray-project/ray#57733).
-FAIL_FAST_ACTORS = {"max_restarts": 0}
+def fail_fast_actors() -> dict:
+    """The ``map_batches`` arguments for a fail-fast actor pool: ``max_restarts=0``.
+
+    Ray 2.60 takes ``max_restarts`` only through its remote-args catch-all, which it marks deprecated (removal
+    announced for Ray 2.64) without a named replacement, and warns on every call. The warning is silenced for
+    calls from ray_rm's own modules only, here, the one place that passes it; the filter is (re)installed at each
+    call because importing Ray puts its own deprecation filter in front."""
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", module=r"ray_rm\.")
+    return {"max_restarts": 0}
 # A cluster this job starts itself is one node that cannot be preempted: Ray Train's preemption watcher (an actor
 # per run, whose creation logs the same core-worker ERROR line) has nothing to watch there.
 _LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}

@@ -90,7 +90,7 @@ def test_auto_never_gives_a_half_precision_kernel_fp32():
     assert resolve_attn("auto", "cuda", torch.float32)[1] == "sdpa_blocks"
     assert resolve_attn("auto", "cpu", torch.float32)[1] == "sdpa_blocks"
     for name in ("torch_varlen", "flash_attn"):
-        from ray_rm.model.attn_backends import REGISTRY
+        from ray_rm.model.attention import REGISTRY
 
         assert "not float32" in REGISTRY[name].refusal("cuda", torch.float32, set())
         assert "sinks" in REGISTRY[name].refusal("cuda", torch.bfloat16, {"softcap", "sinks"})
@@ -110,10 +110,10 @@ def test_explicit_backend_is_refused_with_its_reason(requested, dtype, match):
 
 def test_torch_varlen_api_is_detected_from_its_signature():
     """torch 2.13 here: varlen_attn(…, window_size=, enable_gqa=, scale=) exists; the detection reads it."""
-    from ray_rm.model import attn_backends
+    from ray_rm.model import attn_varlen
 
-    fn, params = attn_backends._torch_varlen_api()
+    fn, params = attn_varlen._torch_varlen_api()
     from torch.nn.attention.varlen import varlen_attn
 
     assert fn is varlen_attn and {"window_size", "scale"} <= params
-    assert attn_backends._torch_varlen_honours() == frozenset({"window"})
+    assert attn_varlen.torch_varlen_honours() == frozenset({"window"})

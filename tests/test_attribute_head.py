@@ -125,8 +125,7 @@ def test_masked_loss_equals_the_hand_computed_value(tmp_path, tiny_decoder_dir):
 
 def test_packed_equals_unpacked(tmp_path, tiny_decoder_dir):
     model = attr_model(tiny_decoder_dir)
-    from ray_rm.data.pipeline import make_encoder
-    from ray_rm.data.prepare import process_task
+    from ray_rm.data.prepare import make_encoder, process_task
     from ray_rm.data.sources import plan_read_tasks
 
     f = write_rows(tmp_path / "m.jsonl", ROWS)

@@ -5,6 +5,7 @@ through another ray_rm module or a function-level import."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 PURE_CORE = ("ray_rm.data.formats", "ray_rm.data.packer", "ray_rm.packed", "ray_rm.losses", "ray_rm.data.tokenize",
-             "ray_rm.prefix")
+             "ray_rm.prefix", "ray_rm.data.prepare", "ray_rm.model.batch", "ray_rm.model.attention",
+             "ray_rm.model.attn_sdpa", "ray_rm.model.attn_varlen")
 FORBIDDEN_IN_CORE = ("ray", "deepspeed")
 
 
@@ -93,3 +95,37 @@ def test_checker_sees_violations(tmp_path):
     (fn,) = [n for n in ast.walk(ast.parse(bad.read_text())) if isinstance(n, ast.FunctionDef)]
     assert fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES
     assert "ray.train" in _imports(bad)
+
+
+def _pair_path_bench():
+    """bench/pair_path.py as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pair_path", ROOT / "bench" / "pair_path.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_call_tree_counts_a_call_back_as_a_return():
+    """The counting can fail: a file entered from a second file is a return; a repeated edge is one move."""
+    bench = _pair_path_bench()
+    tree = bench.call_tree([("<entry>", "a.py"), ("a.py", "b.py"), ("a.py", "b.py"), ("b.py", "b.py")])
+    assert (tree["moves"], tree["returns"]) == (2, 0)
+    tree = bench.call_tree([("<entry>", "a.py"), ("a.py", "b.py"), ("b.py", "a.py"), ("a.py", "c.py")])
+    assert tree["return_edges"] == ["b.py -> a.py"] and tree["num_files"] == 3
+
+
+def test_a_pairs_path_from_jsonl_to_loss_is_a_call_tree(tmp_path, tiny_decoder_dir):
+    """Issue 13: no file on a pair's path is called back into. The one known exception: an implicit-prompt
+    pair enters prefix.py (the one common-prefix rule) from formats.py and from tokenize.py."""
+    bench = _pair_path_bench()
+    found = {}
+    for name, pair in bench.PAIRS.items():
+        data_file = tmp_path / f"{name}.jsonl"
+        data_file.write_text(json.dumps(pair) + "\n")
+        found[name] = bench.call_tree(bench.trace_one_pair(tiny_decoder_dir, str(data_file)))
+    assert found["explicit_prompt"]["return_edges"] == []
+    assert found["implicit_prompt"]["return_edges"] == ["data/tokenize.py -> prefix.py"]
+    files = found["explicit_prompt"]["files"]
+    assert files[0] == "data/pipeline.py" and files[-1] == "losses.py" and "model/attention.py" in files

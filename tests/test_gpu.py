@@ -17,10 +17,10 @@ import torch
 from conftest import HH_TEST
 from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.data.packer import pack_groups
-from ray_rm.packed import AttentionBlock
+from ray_rm.model.batch import AttentionBlock
 from ray_rm.model.attention import AttentionPlan, block_attention
-from ray_rm.model.attn_backends import REGISTRY
-from ray_rm.model.attn_blocks import LayerOptions
+from ray_rm.model.attention import REGISTRY
+from ray_rm.model.attention import LayerOptions
 from ray_rm.model.batch import collate_row
 from ray_rm.model.build import build_reward_model
 from test_model import packed_rewards, random_groups

@@ -2,6 +2,7 @@
 the workers' environment, the library loggers and DeepSpeed's config (no Ray cluster needed)."""
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -131,3 +132,28 @@ def test_only_the_verbose_run_printed_the_library_line(restore_logging, capsys):
     with logging_setup.library_prints():
         print("verbose op built")
     assert capsys.readouterr().out == "verbose op built\n"
+
+
+def test_building_from_a_base_lm_prints_no_load_report_but_warns_about_missing_backbone_weights(
+        tiny_decoder_dir, tmp_path, caplog, capfd):
+    """transformers' LOAD REPORT table (LM head unused, reward head new: both by design) is not printed once per
+    worker; a checkpoint that lacks backbone weights still gets a warning naming them."""
+    from safetensors.torch import load_file, save_file
+
+    from ray_rm.config_schema import ModelConfig
+    from ray_rm.model.build import build_reward_model
+
+    with caplog.at_level(logging.WARNING, logger="ray_rm.model.build"):
+        build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir))
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing else to warn about either
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_decoder_dir, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    gone = "model.layers.1.mlp.down_proj.weight"
+    del weights[gone]
+    save_file(weights, str(broken / "model.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="ray_rm.model.build"):
+        build_reward_model(ModelConfig(name_or_path=str(broken)))
+    assert [r for r in caplog.records if gone in r.getMessage() and "initialised at random" in r.getMessage()]

@@ -4,9 +4,8 @@ import math
 import pytest
 import torch
 
-from ray_rm.data.packer import append_group
+from ray_rm.data.packer import TokenizedGroup, append_group
 from ray_rm.packed import PackedRow
-from ray_rm.data.tokenize import TokenizedGroup
 from ray_rm.losses import LOSSES, LossSettings, compute_loss, log_barrier
 from ray_rm.model.batch import collate_row
 from ray_rm.model.reward_model import RewardOutput

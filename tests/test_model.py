@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ray_rm.config_schema import LoraConfig, ModelConfig
-from ray_rm.data.packer import append_group, pack_groups
-from ray_rm.packed import AttentionBlock, PackedRow
-from ray_rm.data.tokenize import TokenizedGroup
+from ray_rm.data.packer import TokenizedGroup, append_group, pack_groups
+from ray_rm.model.batch import AttentionBlock
+from ray_rm.packed import PackedRow
 from ray_rm.prefix import common_prefix_len
 from ray_rm.errors import UserError
 from ray_rm.model.attention import AttentionPlan, block_attention, dense_block_mask

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field, fields
 import pyarrow as pa
 import torch
 
-from ray_rm.data.packer import pack_groups
-from ray_rm.data.tokenize import TokenizedGroup
+from ray_rm.data.packer import TokenizedGroup, pack_groups
 from ray_rm.losses import LossSettings, compute_loss
-from ray_rm.model.batch import collate_row
+from ray_rm.model.batch import attention_blocks, collate_row
 from ray_rm.model.reward_model import RewardOutput
-from ray_rm.packed import PackedRow, attention_blocks, packed_row_fields, packed_row_schema, unpack_sequences
+from ray_rm.packed import PackedRow, packed_row_fields, packed_row_schema, unpack_sequences
 
 
 def _groups() -> list[TokenizedGroup]:

@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from ray_rm.data.packer import GroupPacker, fill_fraction, pack_groups, padded_fraction
-from ray_rm.packed import PackedRow, attention_blocks, unpack_sequences
-from ray_rm.data.tokenize import TokenizedGroup
+from ray_rm.data.packer import GroupPacker, TokenizedGroup, fill_fraction, pack_groups, padded_fraction
+from ray_rm.model.batch import attention_blocks
+from ray_rm.packed import PackedRow, unpack_sequences
 
 from conftest import HH_TRAIN
 

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from ray_rm.data.formats import normalize_row
-from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examples
+from ray_rm.data.packer import TokenizedGroup
+from ray_rm.data.tokenize import SequenceEncoder, tokenize_examples
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from ray_rm.scoring import RewardScorer
 from ray_rm.train.driver import run_training
-from train_helpers import all_weights, head_weight, read_metrics, tiny_config
+from train_helpers import all_weights, eval_accuracy_by_transformers, head_weight, read_metrics, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -18,27 +18,6 @@ def epoch_losses(metrics):
         if "train/rm/loss" in m:
             by_epoch.setdefault(m["epoch"], []).append(m["train/rm/loss"])
     return [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
-
-
-def eval_accuracy_by_transformers(cfg, hf_dir) -> tuple[float, int]:
-    """An independent eval: every kept eval pair, tokenized as training tokenizes it (``prepare.process_task``),
-    each sequence scored alone by plain transformers; (fraction of pairs ranked right, ties wrong; pairs)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from ray_rm.data.pipeline import make_encoder, ordered_tasks
-    from ray_rm.data.prepare import process_task
-
-    encoder = make_encoder(cfg.model.name_or_path, cfg.data)
-    clf = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
-    wins = []
-    for task in ordered_tasks(cfg.data.eval_files, cfg.data, None):
-        groups, _ = process_task(task, encoder, cfg.data, share_prompt=False)
-        for g in groups:
-            with torch.no_grad():
-                r = [clf(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in g.sequences]
-            best = g.ranks.index(min(g.ranks))
-            wins += [r[best] > r[j] for j in range(len(r)) if g.ranks[j] > g.ranks[best]]
-    return sum(wins) / len(wins), len(wins)
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])

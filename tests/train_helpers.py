@@ -54,3 +54,24 @@ def all_weights(hf_dir: str | Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(hf_dir) / "model.safetensors"))
+
+
+def eval_accuracy_by_transformers(cfg, hf_dir) -> tuple[float, int]:
+    """An independent eval: every kept eval pair, tokenized as training tokenizes it (``prepare.process_task``),
+    each sequence scored alone by plain transformers; (fraction of pairs ranked right, ties wrong; pairs)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ray_rm.data.prepare import make_encoder, ordered_tasks, process_task
+
+    encoder = make_encoder(cfg.model.name_or_path, cfg.data)
+    clf = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    wins = []
+    for task in ordered_tasks(cfg.data.eval_files, cfg.data, None):
+        groups, _ = process_task(task, encoder, cfg.data, share_prompt=False)
+        for g in groups:
+            with torch.no_grad():
+                r = [clf(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in g.sequences]
+            best = g.ranks.index(min(g.ranks))
+            wins += [r[best] > r[j] for j in range(len(r)) if g.ranks[j] > g.ranks[best]]
+    return sum(wins) / len(wins), len(wins)

@@ -98,10 +98,6 @@ def _content_from_json(c) -> Content:
     return c if isinstance(c, str) else tuple((m["role"], m["content"]) for m in c)
 
 
-def messages_to_dicts(messages: tuple) -> list[dict]:
-    return [{"role": r, "content": t} for r, t in messages]
-
-
 # ----------------------------------------------------------------------------------------- parsing
 class RowLocator:
     """Carries source/row so every check can name where it failed."""

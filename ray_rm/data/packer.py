@@ -1,8 +1,9 @@
 """The packer: tokenized groups (pairs, k-way rankings, or single sequences) -> token-budget ``PackedRow``s.
 
-What this module is for: the packing algorithm, shared by training, serving and relabeling so that all
-three pack the same way. What it must not do: define the row itself (``ray_rm/packed.py`` is the
-contract between data and model), tokenize, or import Ray, DeepSpeed or torch.
+What this module is for: the packing algorithm and its unit, the ``TokenizedGroup`` (with the one rule for
+how many tokens a group takes in a row), shared by training, serving and relabeling so that all three pack
+the same way. What it must not do: define the row itself (``ray_rm/packed.py`` is the contract between data
+and model), tokenize (``tokenize.py`` builds the groups), or import Ray, DeepSpeed or torch.
 
 A row concatenates whole groups; a group is never split. ``append_group`` lays one group out: every
 sequence whole, or with ``share_prompt`` the group's common token prefix once followed by each
@@ -14,10 +15,35 @@ consumed in order, window by window); a few least-filled rows stay open across w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from ray_rm.data.tokenize import TokenizedGroup
 from ray_rm.packed import PackedRow
+
+
+@dataclass
+class TokenizedGroup:
+    """A prompt's k >= 2 tokenized responses, best first; the unit the packer never splits."""
+
+    example_id: str
+    sequences: list  # list[list[int]]
+    ranks: list
+    shared_len: int = 0  # tokens common to all sequences (each keeps >= 1 token of its own)
+    margin: float = math.nan
+    scores: list = field(default_factory=list)
+    subset: str = ""
+    attributes: list = field(default_factory=list)  # attribute head: k ratings per sequence (NaN = none), or empty
+    # PRM groups only: per sequence, the position (in the full sequence) of each step's last token and its
+    # label (1.0 / 0.0 / NaN unlabelled); see ray_rm/data/step_groups.py.
+    step_ends: list = field(default_factory=list)
+    step_labels: list = field(default_factory=list)
+
+    def num_tokens(self, share_prompt: bool) -> int:
+        """Tokens the group takes in a row: every sequence whole, or its shared prefix once (``share_prompt``)."""
+        total = sum(len(s) for s in self.sequences)
+        if share_prompt and self.shared_len:
+            total -= self.shared_len * (len(self.sequences) - 1)
+        return total
 
 
 def append_group(row: PackedRow, group: TokenizedGroup, share_prompt: bool) -> None:

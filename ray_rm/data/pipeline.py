@@ -15,7 +15,6 @@ The stream carries two kinds of rows: ``packed`` rows for the model and one ``re
 from __future__ import annotations
 
 import json
-import random
 import re
 from dataclasses import dataclass
 from typing import Iterator
@@ -23,40 +22,16 @@ from typing import Iterator
 import pyarrow as pa
 
 from ray_rm.config_schema import DataConfig
-from ray_rm.data.packer import pack_groups
-from ray_rm.data.prepare import process_task, resolve_max_length
+from ray_rm.data.prepare import (PackSettings, make_encoder, ordered_tasks, resolve_max_length, rows_of_tasks,
+                                 task_rows)
 from ray_rm.data.quality import DropReport
-from ray_rm.data.sources import ReadTask, plan_read_tasks
+from ray_rm.data.sources import ReadTask
 from ray_rm.errors import DataError
 from ray_rm.packed import PackedRow, packed_row_fields, packed_row_schema
 
 _STREAM_COLUMNS = [("kind", pa.string()), ("report_json", pa.string()), ("task_index", pa.int64()),
                    ("row_in_task", pa.int64())]
 ROW_SCHEMA = packed_row_schema(_STREAM_COLUMNS)  # packed rows' own columns come from ray_rm/packed.py
-
-
-@dataclass(frozen=True)
-class PackSettings:
-    """Everything besides the data config that decides how rows are tokenized and packed."""
-
-    tokenizer_path: str
-    share_prompt: bool
-    seed: int | None = None
-    attributes: tuple = ()  # model.head=attributes: the attribute names (rated rows are read and packed)
-    head: str = "scalar"  # model.head: "prm" reads stepwise rows (ray_rm/data/step_groups.py)
-    step_separator: str = "\n"  # model.step_separator (prm)
-    prm_last_step_only: bool = False  # train.prm_last_step_only (prm)
-
-
-def task_groups(task: ReadTask, encoder, data_cfg: DataConfig, settings: PackSettings):
-    """(groups, drop report) of one read task: stepwise rows for prm, else preference (and, for the attribute
-    head, rated) rows."""
-    if settings.head == "prm":
-        from ray_rm.data.step_groups import process_step_task
-
-        return process_step_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
-                                 settings.step_separator, settings.prm_last_step_only)
-    return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed, settings.attributes)
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
@@ -80,21 +55,10 @@ def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) ->
     return pa.table(cols, schema=ROW_SCHEMA)
 
 
-def make_encoder(tokenizer_path: str, data_cfg: DataConfig):
-    from transformers import AutoTokenizer
-
-    from ray_rm.assets import resolve_model_path
-    from ray_rm.data.tokenize import SequenceEncoder
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer_path))
-    return SequenceEncoder(tokenizer, chat_template=data_cfg.chat_template)
-
-
 def prepare_and_pack(task: ReadTask, task_index: int, encoder, data_cfg: DataConfig,
                      settings: PackSettings) -> pa.Table:
-    """The work of one task; the same function backs the Ray stage and the direct (Ray-free) reference."""
-    groups, report = task_groups(task, encoder, data_cfg, settings)
-    rows = list(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
+    """The work of one task (``prepare.task_rows``) as the stream's Arrow table."""
+    rows, report = task_rows(task, encoder, data_cfg, settings)
     return rows_to_table(rows, report, task_index)
 
 
@@ -111,14 +75,6 @@ class PrepareAndPack:
             task = ReadTask.from_dict(json.loads(task_dict))
             tables.append(prepare_and_pack(task, int(task_index), self.encoder, self.data_cfg, self.settings))
         return pa.concat_tables(tables)
-
-
-def ordered_tasks(files: list[str], data_cfg: DataConfig, seed: int | None) -> list[ReadTask]:
-    tasks = plan_read_tasks(files, data_cfg.rows_per_read_task, data_cfg.limit, data_cfg.builtin_size,
-                            seed or 0)
-    if seed is not None:
-        random.Random(seed).shuffle(tasks)
-    return tasks
 
 
 def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSettings):
@@ -142,14 +98,14 @@ def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings:
     import ray
     from ray.data import ActorPoolStrategy, ExecutionOptions, ExecutionResources
 
-    from ray_rm.ray_utils import FAIL_FAST_ACTORS
+    from ray_rm.ray_utils import fail_fast_actors
 
     items = [{"task": json.dumps(t), "task_index": i} for i, t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
         PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
         batch_size=1, compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
-        batch_format="numpy", num_cpus=actor_cpus, **FAIL_FAST_ACTORS,
+        batch_format="numpy", num_cpus=actor_cpus, **fail_fast_actors(),
     )
     if window_bytes:  # a training stream: bounded, and quiet in the worker's log
         ds.context.execution_options = ExecutionOptions(
@@ -172,12 +128,7 @@ def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSet
     """What the pipeline yields, computed without Ray (the reference in tests and for small tools)."""
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     encoder = make_encoder(settings.tokenizer_path, data_cfg)
-    rows, report = [], DropReport()
-    for i, task in enumerate(ordered_tasks(files, data_cfg, settings.seed)):
-        groups, rep = task_groups(task, encoder, data_cfg, settings)
-        rows.extend(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window))
-        report.merge(rep)
-    return rows, report
+    return rows_of_tasks(ordered_tasks(files, data_cfg, settings.seed), encoder, data_cfg, settings)
 
 
 _DATA_ERROR_LINE = re.compile(r"^ray_rm\.errors\.DataError: (.+)$", re.M)

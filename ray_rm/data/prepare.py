@@ -1,24 +1,62 @@
-"""One read task end to end, without Ray: read -> normalize -> quality filter -> tokenize -> budget check.
+"""The data path without Ray: read task -> read -> normalize -> quality filter -> tokenize -> budget -> pack.
 
-It must not import Ray or torch, and must not pack (``packer.py``) or validate config (``ray_rm/validation.py``).
+What this module is for: the recipe a pair follows from its file to a packed row, one stage per call, in
+order (``task_rows``), plus what a run needs once (its settings, tokenizer, read tasks, length limit). It
+calls each stage's module and nothing calls back into it. What it must not do: import Ray or torch, hold a
+stage's rules (reading ``sources.py``, formats ``formats.py``, filters and the drop report ``quality.py``,
+tokens ``tokenize.py``, packing ``packer.py``) or validate config (``ray_rm/validation.py``).
 
-The Ray Data pipeline runs this per task on an actor pool; tools and tests call it directly. It
-returns the kept groups and a ``DropReport`` in which every row read is either kept or counted.
+The Ray Data pipeline (``pipeline.py``) runs ``task_rows`` per task on an actor pool; ``rows_of_tasks`` is
+the same in this process (tests, small tools). Every row read is either kept or counted in the
+``DropReport``.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
+from ray_rm.assets import resolve_model_path
 from ray_rm.config_schema import DataConfig
 from ray_rm.data import rated_groups
 from ray_rm.data.formats import PreferenceExample, normalize_row
+from ray_rm.data.packer import TokenizedGroup, pack_groups
 from ray_rm.data.quality import DropReport, quality_drop
 from ray_rm.data.ratings import RatedExample
-from ray_rm.data.sources import ReadTask, read_task_rows
-from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup, tokenize_examples
+from ray_rm.data.sources import ReadTask, plan_read_tasks, read_task_rows
+from ray_rm.data.tokenize import SequenceEncoder, tokenize_examples
 from ray_rm.errors import DataError
+from ray_rm.packed import PackedRow
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    """Everything besides the data config that decides how rows are tokenized and packed."""
+
+    tokenizer_path: str
+    share_prompt: bool
+    seed: int | None = None
+    attributes: tuple = ()  # model.head=attributes: the attribute names (rated rows are read and packed)
+    head: str = "scalar"  # model.head: "prm" reads stepwise rows (ray_rm/data/step_groups.py)
+    step_separator: str = "\n"  # model.step_separator (prm)
+    prm_last_step_only: bool = False  # train.prm_last_step_only (prm)
+
+
+def make_encoder(tokenizer_path: str, data_cfg: DataConfig) -> SequenceEncoder:
+    """The run's tokenizer (a built-in model name resolves to its local folder) under its chat-template rule."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer_path))
+    return SequenceEncoder(tokenizer, chat_template=data_cfg.chat_template)
+
+
+def ordered_tasks(files: list[str], data_cfg: DataConfig, seed: int | None) -> list[ReadTask]:
+    """The run's read tasks in the order they are prepared: planned per source, shuffled with the seed."""
+    tasks = plan_read_tasks(files, data_cfg.rows_per_read_task, data_cfg.limit, data_cfg.builtin_size,
+                            seed or 0)
+    if seed is not None:
+        random.Random(seed).shuffle(tasks)
+    return tasks
 
 
 def auto_max_length(pack_tokens: int, context: int | None) -> int:
@@ -35,8 +73,6 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 def model_context_length(model_path: str) -> int | None:
     """Tokens the model can attend over, from its config (None for a tokenizer-only folder)."""
     from transformers import AutoConfig
-
-    from ray_rm.assets import resolve_model_path
 
     try:
         hf_config = AutoConfig.from_pretrained(resolve_model_path(model_path))
@@ -123,3 +159,32 @@ def keep_within_budget(items, report: DropReport, pack_tokens: int, share_prompt
     if seed is not None:
         random.Random(f"{seed}-{task.source}-{task.start}").shuffle(groups)
     return groups, report
+
+
+def task_groups(task: ReadTask, encoder, data_cfg: DataConfig, settings: PackSettings):
+    """(groups, drop report) of one read task: stepwise rows for prm, else preference (and, for the attribute
+    head, rated) rows."""
+    if settings.head == "prm":
+        from ray_rm.data.step_groups import process_step_task  # imports this module
+
+        return process_step_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
+                                 settings.step_separator, settings.prm_last_step_only)
+    return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed, settings.attributes)
+
+
+def task_rows(task: ReadTask, encoder: SequenceEncoder, data_cfg: DataConfig,
+              settings: PackSettings) -> tuple[list[PackedRow], DropReport]:
+    """One read task's packed rows and drop report: the work of one actor call of the Ray pipeline."""
+    groups, report = task_groups(task, encoder, data_cfg, settings)
+    return list(pack_groups(groups, data_cfg.pack_tokens, settings.share_prompt, data_cfg.pack_window)), report
+
+
+def rows_of_tasks(tasks: list[ReadTask], encoder: SequenceEncoder, data_cfg: DataConfig,
+                  settings: PackSettings) -> tuple[list[PackedRow], DropReport]:
+    """Every task's rows, in order, with one merged report, in this process: the pipeline without Ray."""
+    rows, report = [], DropReport()
+    for task in tasks:
+        task_packed, task_report = task_rows(task, encoder, data_cfg, settings)
+        rows.extend(task_packed)
+        report.merge(task_report)
+    return rows, report

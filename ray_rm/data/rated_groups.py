@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 
 from ray_rm.data.formats import RowLocator, normalize_row
+from ray_rm.data.packer import TokenizedGroup
 from ray_rm.data.ratings import AttributeSchema, RatedExample, normalize_rated_row
 from ray_rm.data.row_kinds import PAIR, RATED, classify_row
-from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup
+from ray_rm.data.tokenize import SequenceEncoder
 from ray_rm.errors import DataError
 
 FIRST_ROW_SCAN = 1000  # rows read, at most, to find the first rated row when the names are not configured

@@ -21,8 +21,7 @@ import numpy as np
 
 from ray_rm.config_schema import DataConfig, section
 from ray_rm.data.packer import fill_fraction, pack_groups, padded_fraction
-from ray_rm.data.pipeline import ordered_tasks
-from ray_rm.data.prepare import process_task
+from ray_rm.data.prepare import ordered_tasks, process_task
 from ray_rm.data.quality import DropReport
 
 PAIRS_PER_PADDED_BATCH = 8

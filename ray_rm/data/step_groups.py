@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 
+from ray_rm.data.packer import TokenizedGroup
 from ray_rm.data.prepare import keep_within_budget, read_examples, resolve_max_length
 from ray_rm.data.quality import DropReport
 from ray_rm.data.sources import ReadTask
 from ray_rm.data.step_layout import step_end_token_positions
 from ray_rm.data.stepwise import StepExample, normalize_step_row
-from ray_rm.data.tokenize import TokenizedGroup
 from ray_rm.prefix import common_prefix_len
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ray_rm.data.formats import Content, messages_to_dicts
+from ray_rm.data.formats import Content
+from ray_rm.data.tokenize import messages_to_dicts
 
 DEFAULT_SEPARATOR = "\n"  # TRL PRMConfig.step_separator's default
 

@@ -14,34 +14,14 @@ of over-length sequences, which keeps the reward token).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
-from ray_rm.data.formats import PreferenceExample, messages_to_dicts
+from ray_rm.data.formats import PreferenceExample
+from ray_rm.data.packer import TokenizedGroup
 from ray_rm.prefix import common_prefix_len
 
 
-@dataclass
-class TokenizedGroup:
-    """A prompt's k >= 2 tokenized responses, best first; the unit the packer never splits."""
-
-    example_id: str
-    sequences: list  # list[list[int]]
-    ranks: list
-    shared_len: int = 0  # tokens common to all sequences (each keeps >= 1 token of its own)
-    margin: float = math.nan
-    scores: list = field(default_factory=list)
-    subset: str = ""
-    attributes: list = field(default_factory=list)  # attribute head: k ratings per sequence (NaN = none), or empty
-    # PRM groups only: per sequence, the position (in the full sequence) of each step's last token and its
-    # label (1.0 / 0.0 / NaN unlabelled); see ray_rm/data/step_groups.py.
-    step_ends: list = field(default_factory=list)
-    step_labels: list = field(default_factory=list)
-
-    def num_tokens(self, share_prompt: bool) -> int:
-        total = sum(len(s) for s in self.sequences)
-        if share_prompt and self.shared_len:
-            total -= self.shared_len * (len(self.sequences) - 1)
-        return total
+def messages_to_dicts(messages: tuple) -> list[dict]:
+    """(role, content) tuples, as ``PreferenceExample`` holds them, -> the dicts a chat template reads."""
+    return [{"role": r, "content": c} for r, c in messages]
 
 
 def _render_plain(messages: tuple) -> str:

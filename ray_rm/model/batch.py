@@ -1,4 +1,6 @@
-"""Tensors for one packed row: what the reward model and the losses consume.
+"""Tensors for one packed row: what the reward model and the losses consume, and the row's attention layout.
+
+It must not run the model, compute a loss, or pack (the row arrives laid out by ``data/packer.py``).
 
 One micro-batch is one packed row (batch dimension 1): the token budget, not a pair count, bounds
 memory. Sequence parallelism pads the row to a multiple of its size with a separate, unread block.
@@ -14,7 +16,34 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ray_rm.packed import AttentionBlock, PackedRow, attention_blocks
+from ray_rm.packed import PackedRow
+
+
+@dataclass(frozen=True)
+class AttentionBlock:
+    """Queries [start, start+length) attend causally to themselves and fully to [prefix_start, +prefix_len)."""
+
+    start: int
+    length: int
+    prefix_start: int = 0
+    prefix_len: int = 0
+
+
+def attention_blocks(row: PackedRow) -> list[AttentionBlock]:
+    """The row's attention layout: a shared prefix is its own block, each suffix a block that also sees it."""
+    blocks = []
+    pos, seq = 0, 0
+    for size, prefix in zip(row.group_sizes, row.group_prefix_lens):
+        prefix_start = pos
+        if prefix:
+            blocks.append(AttentionBlock(pos, prefix))
+            pos += prefix
+        for _ in range(size):
+            n = row.seq_laid_out_lens[seq]
+            blocks.append(AttentionBlock(pos, n, prefix_start if prefix else 0, prefix))
+            pos += n
+            seq += 1
+    return blocks
 
 
 @dataclass
@@ -36,6 +65,9 @@ class ModelBatch:
     group_ids: list  # [G] example ids
     num_real_tokens: int  # tokens before sequence-parallel padding
     num_scored: int  # sequences that carry a score
+    num_sequences: int  # N, and the counts below: host ints, so the losses' unit counts never read the device
+    num_groups: int  # G
+    num_pairs: int  # P
     group_size_list: list  # [G] group sizes on the host (loops over groups never read the device)
     pair_better: torch.Tensor  # [P] sequence index of the better response of each ranked pair
     pair_worse: torch.Tensor  # [P]
@@ -51,18 +83,6 @@ class ModelBatch:
     step_labels: torch.Tensor | None = None  # [S] float 1 / 0 / NaN (unlabelled)
     step_seq: torch.Tensor | None = None  # [S] sequence of each step
     num_labelled_steps: int = 0  # steps with a label (the "steps" unit of the step losses)
-
-    @property
-    def num_sequences(self) -> int:
-        return int(self.reward_index.numel())
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.group_ids)
-
-    @property
-    def num_pairs(self) -> int:
-        return int(self.pair_better.numel())
 
     def to(self, device) -> "ModelBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -105,6 +125,7 @@ def collate_row(row: PackedRow, pad_to_multiple: int = 1, pad_token_id: int = 0)
         group_sizes=long(row.group_sizes), group_common_lens=long(row.group_common_lens),
         group_margins=torch.tensor(row.group_margins, dtype=torch.float32), group_ids=list(row.group_ids),
         num_real_tokens=real, num_scored=sum(1 for x in row.seq_scores if math.isfinite(x)),
+        num_sequences=len(row.reward_index), num_groups=len(row.group_ids), num_pairs=len(better),
         group_size_list=list(row.group_sizes), pair_better=long(better), pair_worse=long(worse),
         pair_margin=torch.tensor(margin, dtype=torch.float32), **aligned, **_attribute_targets(row),
         step_index=long(row.step_index), step_labels=torch.tensor(row.step_labels, dtype=torch.float32),

@@ -1,6 +1,6 @@
 """Build a ``RewardModel`` for training (from a base LM) or inference (from an exported RM checkpoint).
 
-It must not hold head semantics (``heads.py``), the attention kernels (``attention*.py``) or config rules
+It must not hold head semantics (``heads.py``), attention (``attention.py``, ``attn_*.py``) or config rules
 (``ray_rm/validation.py``).
 
 Both paths load ``AutoModelForSequenceClassification(num_labels=1)`` and split it into backbone and
@@ -18,7 +18,7 @@ from ray_rm.assets import resolve_model_path
 from ray_rm.config_schema import LoraConfig, ModelConfig
 from ray_rm.errors import UserError
 from ray_rm.model import attention
-from ray_rm.model.attn_backends import model_needs
+from ray_rm.model.attention import model_needs
 from ray_rm.model.heads import HeadKind, get_head
 from ray_rm.model.reward_model import RewardModel
 
@@ -47,7 +47,7 @@ def resolve_attn(requested: str, device_type: str, dtype: torch.dtype | None = N
                  needs: set = frozenset()) -> tuple[str, str]:
     """(transformers attn_implementation, ray_rm attention backend) for a config value on this device/dtype.
 
-    ``auto``/``varlen`` take the first backend of ``attn_backends.AUTO_ORDER`` that runs here (torch's
+    ``auto``/``varlen`` take the first backend of ``attention.AUTO_ORDER`` that runs here (torch's
     varlen flash kernel on CUDA in bf16/fp16, else SDPA blocks; fp32 on CUDA therefore uses SDPA blocks);
     a named backend (``flash_attention_2`` = ``flash_attn``) is refused with its reason when it cannot run."""
     if requested in ("sdpa", "eager"):
@@ -89,6 +89,37 @@ def _split(clf, kind: str, pooling: str, attn_impl: str, backend: str, head_kind
                        base_prefix=base_prefix, head_kind=head_kind)
 
 
+def _load_quietly(auto_cls, path: str, kwargs: dict):
+    """``from_pretrained`` without transformers' LOAD REPORT table. Loading a base LM as a reward model always
+    reports its LM head as unexpected and the new reward head as missing (both by design), once per process,
+    so every training worker would print the same table; ``_warn_about_unexpected_loading`` says what matters.
+    A filter, not a level: transformers 5.23 runs an extra tensor-parallel check (and warns) when that logger's
+    own level is WARNING or above."""
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    drop_report = _DropLoadReport()
+    report_logger.addFilter(drop_report)
+    try:
+        return auto_cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        report_logger.removeFilter(drop_report)
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _warn_about_unexpected_loading(path: str, head_name: str, loading_info: dict) -> None:
+    """A warning for backbone weights the checkpoint lacks (transformers initialised them at random, which
+    is a wrong base model or a broken checkpoint); the fresh reward head and dropped LM-head keys are expected."""
+    missing = [k for k in loading_info.get("missing_keys", ()) if not k.startswith(head_name + ".")]
+    if missing:
+        log.warning("%s lacks %d backbone weights, initialised at random: %s", path, len(missing),
+                    ", ".join(sorted(missing)[:8]) + (" ..." if len(missing) > 8 else ""))
+    log.debug("%s: reward head %s initialised fresh; unused checkpoint keys: %s", path, head_name,
+              sorted(loading_info.get("unexpected_keys", ())))
+
+
 def resolve_pooling(kind: str, requested: str) -> str:
     """The pooling a model kind uses: ``auto`` -> last (decoder) / cls (encoder); others must suit the kind."""
     if requested == "auto":
@@ -121,8 +152,9 @@ def build_reward_model(cfg: ModelConfig, lora: LoraConfig | None = None, device:
     kwargs = {"config": hf_config, "dtype": dtype, "attn_implementation": attn_impl}
     if lora.quantize_4bit:
         kwargs["quantization_config"] = _qlora_config(device, dtype)
-    clf = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    clf, loading_info = _load_quietly(AutoModelForSequenceClassification, path, kwargs)
     model = _split(clf, kind, pooling, attn_impl, backend, head_kind)
+    _warn_about_unexpected_loading(path, model.head_name, loading_info)
     if head_kind.combiner is not None:
         model.combiner = head_kind.combiner(cfg, hf_config)
         model.combiner.check_head(model.head)

@@ -109,7 +109,7 @@ def _ids(encoded) -> list[int]:
 
 def consumer_sequences(tokenizer, encoder, item: CheckItem) -> dict[str, list[int]]:
     """Each consumer's token ids for ``item``, computed the way that consumer calls the tokenizer."""
-    from ray_rm.data.formats import messages_to_dicts
+    from ray_rm.data.tokenize import messages_to_dicts
 
     text, templated = encoder.render(item.prompt, item.response)
     if templated:

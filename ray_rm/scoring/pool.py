@@ -28,14 +28,14 @@ def map_tasks(items: list[dict], actor_cls, ctor_kwargs: dict, *, actors: int, c
     import ray
     from ray.data import ActorPoolStrategy
 
-    from ray_rm.ray_utils import FAIL_FAST_ACTORS
+    from ray_rm.ray_utils import fail_fast_actors
 
     if not items:
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(actor_cls, fn_constructor_kwargs=ctor_kwargs, batch_size=1, batch_format="numpy",
                         compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
-                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, **FAIL_FAST_ACTORS)
+                        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, **fail_fast_actors())
     # Per-dataset settings (the dataset holds its own copy of the context; the global one is left alone):
     ds.context.enable_progress_bars = False  # the jobs show one row-level progress bar of their own
     ds.context.execution_options.preserve_order = False  # results carry their task index

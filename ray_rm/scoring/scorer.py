@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ray_rm.data.packer import pack_groups
-from ray_rm.data.tokenize import SequenceEncoder, TokenizedGroup
+from ray_rm.data.packer import TokenizedGroup, pack_groups
+from ray_rm.data.tokenize import SequenceEncoder
 from ray_rm.prefix import common_prefix_len
 from ray_rm.model.batch import collate_row
 

@@ -13,9 +13,8 @@ import math
 
 import torch
 
-from ray_rm.data.packer import pack_groups
+from ray_rm.data.packer import TokenizedGroup, pack_groups
 from ray_rm.data.step_layout import StepTokens, step_end_token_positions
-from ray_rm.data.tokenize import TokenizedGroup
 from ray_rm.model.batch import collate_row
 from ray_rm.prefix import common_prefix_len
 

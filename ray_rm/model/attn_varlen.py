@@ -1,95 +1,27 @@
-"""The attention backends a packed row can run on, in one small registry, and the rule that picks one.
+"""The CUDA varlen kernels a packed row can run on: torch's built-in varlen flash kernel and flash-attn.
 
-Each backend states where it runs (devices, dtypes), which per-layer options it honours (sliding
-window, logit soft-capping, attention sinks, dropout), and whether it is usable here (with the reason
-when not). ``select`` returns the first of ``AUTO_ORDER`` that fits, noting why each one before it was
-passed over; an explicit request is checked by the same rule and refused with its reason.
+It must not choose a backend or decide what a layer needs (``attention.py`` registers these kernels and
+picks one); it only builds their cu_seqlens and calls them. Pure torch: imports neither Ray nor DeepSpeed.
 
   torch_varlen  CUDA, bf16/fp16: PyTorch's built-in varlen flash kernel (torch.nn.attention.varlen):
                 no compile step, nothing to install. Its API changed between releases (is_causal ->
                 window_size, enable_gqa, scale), so it is called through feature detection.
   flash_attn    CUDA, bf16/fp16: flash-attn's flash_attn_varlen_func, only when that package is installed
                 (a source build of hours; never needed by default). Adds soft-capping and dropout.
-  sdpa_blocks   any device and dtype: SDPA (or explicit math) per bucket of similar blocks; honours every
-                option. The CPU path, and the fallback for anything the kernels above cannot express.
 
-Both varlen kernels take one call per row: prompt-shared suffixes get their prompt's keys gathered in
-front of their own ([prompt; suffix], separate q and k cu_seqlens) and the kernels' bottom-right causal
-alignment. Pure torch: imports neither Ray nor DeepSpeed.
+Both take one call per row: prompt-shared suffixes get their prompt's keys gathered in front of their own
+([prompt; suffix], separate q and k cu_seqlens) and the kernels' bottom-right causal alignment.
 """
 from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from ray_rm.model.attn_blocks import LayerOptions, make_buckets, sdpa_blocks
-
-HALF = (torch.bfloat16, torch.float16)
-ALL_OPTIONS = frozenset({"window", "softcap", "sinks", "dropout"})
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    devices: tuple | None  # None = any device
-    dtypes: tuple | None  # None = any dtype
-    honours: Callable[[], frozenset]  # per-layer options it implements (may depend on the installed API)
-    unavailable: Callable[[], str | None]  # why it cannot run here, or None
-    prepare: Callable  # (blocks, causal, device) -> index data, built once per row
-    run: Callable  # (prepared, causal, q, k, v, scaling, LayerOptions, training) -> [1, H, T, D]
-
-    def refusal(self, device_type: str, dtype: torch.dtype | None, needs: set) -> str | None:
-        """Why this backend cannot run a model on ``device_type``/``dtype`` needing ``needs``; None if it can."""
-        if self.devices is not None and device_type not in self.devices:
-            return f"runs on {'/'.join(self.devices)} only, not {device_type}"
-        if self.dtypes is not None and dtype is not None and dtype not in self.dtypes:
-            return f"needs {' or '.join(str(d).removeprefix('torch.') for d in self.dtypes)}, not " \
-                   f"{str(dtype).removeprefix('torch.')}"
-        missing = set(needs) - self.honours()
-        if missing:
-            return f"cannot honour the model's {', '.join(sorted(missing))}"
-        return self.unavailable()
-
-
-REGISTRY: dict[str, Backend] = {}
-AUTO_ORDER = ("torch_varlen", "flash_attn", "sdpa_blocks")
-
-
-def register_backend(backend: Backend) -> None:
-    REGISTRY[backend.name] = backend
-
-
-def select(requested: str, device_type: str, dtype: torch.dtype | None, needs: set = frozenset()
-           ) -> tuple[str | None, list[str]]:
-    """(backend name or None, reasons for each backend passed over / refused)."""
-    names = AUTO_ORDER if requested == "auto" else (requested,)
-    notes = []
-    for name in names:
-        reason = REGISTRY[name].refusal(device_type, dtype, needs)
-        if reason is None:
-            return name, notes
-        notes.append(f"{name}: {reason}")
-    return None, notes
-
-
-def model_needs(hf_config, training_dropout: bool = False) -> set:
-    """Per-layer options a model's attention asks for, read from its config (checked again per call)."""
-    needs = set()
-    if getattr(hf_config, "attn_logit_softcapping", None):
-        needs.add("softcap")
-    if getattr(hf_config, "model_type", "") == "gpt_oss":  # learned attention sinks in every layer
-        needs.add("sinks")
-    if getattr(hf_config, "sliding_window", None) is not None:
-        layer_types = getattr(hf_config, "layer_types", None) or []
-        if not layer_types or "sliding_attention" in layer_types:
-            needs.add("window")
-    if training_dropout and float(getattr(hf_config, "attention_dropout", 0.0) or 0.0) > 0:
-        needs.add("dropout")
-    return needs
+if TYPE_CHECKING:  # the options type lives with the dispatcher, which imports these kernels
+    from ray_rm.model.attention import LayerOptions
 
 
 # ------------------------------------------------------------------------------------------ varlen indices
@@ -145,19 +77,19 @@ def _torch_varlen_api():
     return varlen_attn, params
 
 
-def _torch_varlen_unavailable() -> str | None:
+def torch_varlen_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device"
     fn, info = _torch_varlen_api()
     return info if fn is None else None
 
 
-def _torch_varlen_honours() -> frozenset:
+def torch_varlen_honours() -> frozenset:
     fn, params = _torch_varlen_api()
     return frozenset({"window"}) if fn is not None and "window_size" in params else frozenset()
 
 
-def _torch_varlen_run(f, causal, q, k, v, scaling, opts: LayerOptions, training):
+def torch_varlen_run(f, causal, q, k, v, scaling, opts: LayerOptions, training):
     fn, params = _torch_varlen_api()
     qf, kf, vf = _flat(f, q, k, v)
     kwargs = {}
@@ -180,7 +112,7 @@ def _torch_varlen_run(f, causal, q, k, v, scaling, opts: LayerOptions, training)
 
 
 # ------------------------------------------------------------------------------------------ flash-attn
-def _flash_attn_unavailable() -> str | None:
+def flash_attn_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device"
     try:
@@ -190,7 +122,7 @@ def _flash_attn_unavailable() -> str | None:
     return None
 
 
-def _flash_attn_run(f, causal, q, k, v, scaling, opts: LayerOptions, training):
+def flash_attn_run(f, causal, q, k, v, scaling, opts: LayerOptions, training):
     from flash_attn import flash_attn_varlen_func
 
     qf, kf, vf = _flat(f, q, k, v)
@@ -201,12 +133,4 @@ def _flash_attn_run(f, causal, q, k, v, scaling, opts: LayerOptions, training):
 
 
 def flash_available() -> bool:
-    return _flash_attn_unavailable() is None
-
-
-register_backend(Backend("torch_varlen", ("cuda",), HALF, _torch_varlen_honours, _torch_varlen_unavailable,
-                         varlen_indices, _torch_varlen_run))
-register_backend(Backend("flash_attn", ("cuda",), HALF, lambda: frozenset({"window", "softcap", "dropout"}),
-                         _flash_attn_unavailable, varlen_indices, _flash_attn_run))
-register_backend(Backend("sdpa_blocks", None, None, lambda: ALL_OPTIONS, lambda: None,
-                         make_buckets, sdpa_blocks))
+    return flash_attn_unavailable() is None

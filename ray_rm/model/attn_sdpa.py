@@ -1,6 +1,7 @@
-"""Attention over packed blocks with torch's SDPA (or explicit math), one call per bucket of similar blocks.
+"""The portable attention kernel (``sdpa_blocks``): torch's SDPA (or explicit math) per bucket of similar blocks.
 
-It must not know about Ray, DeepSpeed or packing (it reads an attention plan only).
+It must not know about Ray, DeepSpeed or packing, nor choose a backend (``attention.py`` registers and picks
+it); it reads a row's ``AttentionBlock``s and one layer's ``LayerOptions`` only.
 
 The portable backend: any device, any dtype, and every per-layer option transformers passes
 (sliding window, logit soft-capping, attention sinks, dropout). Blocks are bucketed by size so that
@@ -16,33 +17,15 @@ Pure torch: imports neither Ray nor DeepSpeed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:  # the options type lives with the dispatcher, which imports this kernel
+    from ray_rm.model.attention import LayerOptions
+
 _BUCKET_SLACK = 1.15  # a bucket may cost up to 15% more attention work than its blocks alone
-
-
-@dataclass(frozen=True)
-class LayerOptions:
-    """What one attention layer asks for beyond q/k/v (transformers' attention-function kwargs)."""
-
-    window: int | None = None  # sliding window: keys at positions > p - window
-    softcap: float | None = None  # scores -> softcap * tanh(scores / softcap)
-    sinks: torch.Tensor | None = None  # [H] attention-sink logits (gpt-oss): an extra softmax column
-    dropout: float = 0.0
-
-    def needs(self) -> set[str]:
-        out = set()
-        if self.window is not None:
-            out.add("window")
-        if self.softcap:
-            out.add("softcap")
-        if self.sinks is not None:
-            out.add("sinks")
-        if self.dropout:
-            out.add("dropout")
-        return out
 
 
 @dataclass
