@@ -19,14 +19,13 @@ from pathlib import Path
 from ray_rm.config import load_config
 from ray_rm.config_schema import DEMO_TRAIN_CONFIG, TrainJobConfig
 
-# The budget: the whole demo in < 10 min on a 2-core machine shared with other work (measured in the
-# README). Two single-core workers: on this machine they train ~1.5x the tokens/s of one worker with two
-# threads (145 vs ~95 tokens/s measured 2026-11-30 on the same data, under load). 160 problems x 4
-# solutions, two problems per 512-token row, four per optimizer step: 30 steps, one epoch. The head
-# learns at 10x the LoRA rate: the frozen model's last hidden state already separates the demo's wrong
-# steps (ray_rm/data/demo_prm.py), so most of the early gain is the head's. Rates 2x higher (1e-3 / 1e-2)
-# made the step loss jump between 0.5 and 1.3 for most of a run and fall only once the cosine decay
-# had brought them down.
+# The budget: the whole demo in < 10 min on a 2-core machine shared with other work (390 s measured
+# 2026-11-30, README). Two single-core workers: they trained ~160 tokens/s on this data where one worker
+# with two threads got ~95 (same day, similar load), so 192 problems (x 4 solutions, two problems per
+# 512-token row, four per optimizer step: 36 steps, one epoch) fit where 160 on one worker took 7.7 min.
+# The head learns at 10x the LoRA rate: the frozen model's last hidden state already separates the
+# demo's wrong steps (ray_rm/data/demo_prm.py), so most of the early gain is the head's. Half these rates
+# (5e-4 / 5e-3, 30 steps) learned less: Best-of-4 0.50 and step accuracy 0.69, against 0.67 and 0.77.
 PRM_TRAIN = ["model.head=prm", "train.loss=step_bce", "data.train_files=[builtin:arith-steps]",
              "data.eval_files=[]", "data.builtin_size=192", "data.pack_tokens=512", "data.max_length=256",
              "train.eval_every=0", "train.checkpoint_every=0", "train.lr=1e-3", "train.head_lr=1e-2"]
