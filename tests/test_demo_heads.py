@@ -34,54 +34,78 @@ def parse_question(text: str) -> tuple[int, list[tuple[str, int]]]:
     return int(start), ops
 
 
-def check_solution(start: int, ops: list, steps: list[str]) -> list[bool]:
-    """Labels from the written arithmetic: a step is good until the first step whose result is wrong or
-    whose operand is not the previous step's result; every step from that one on is bad."""
-    labels, total, broken = [], start, False
+def read_step(step: str) -> tuple[int, str, int, int]:
+    a, op, b, result = STEP.match(step).groups()
+    return int(a), op, int(b), int(result)
+
+
+def compute(a: int, op: str, b: int) -> int:
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def check_solution(start: int, ops: list, steps: list[str]) -> tuple[list[bool], str | None]:
+    """Labels and the first error's kind, from the written steps and the question alone: a step is good
+    until the first step that starts from a number other than the previous result ("carry"), applies
+    another operation or operand than the question's ("operand"; the generator never swaps the
+    operation) or writes a result its own operands do not give ("result"); every step from that one on
+    is bad."""
+    labels, total, kind = [], start, None
     for (sym, b), step in zip(ops, steps, strict=True):
-        a, op, b2, result = STEP.match(step).groups()
-        assert (op, int(b2)) == (sym, b)
-        true = {"+": total + b, "-": total - b, "*": total * b}[sym]
-        broken = broken or int(a) != total or int(result) != true
-        labels.append(not broken)
-        total = int(result)
-    return labels
+        a, op, b2, result = read_step(step)
+        assert op == sym
+        problems = [name for name, wrong in (("carry", a != total), ("operand", b2 != b),
+                                             ("result", result != compute(a, op, b2))) if wrong]
+        if kind is None and problems:
+            assert len(problems) == 1, (step, problems)  # exactly one error per wrong step
+            kind = problems[0]
+            if kind == "result":  # far off, never a near miss: ten times the right one + a digit, or 40-90 away
+                right = compute(a, op, b2)
+                assert result // 10 == right or 40 <= abs(result - right) <= 90, step
+        elif kind is not None:
+            assert not problems, step  # later steps compute correctly from the wrong value
+        labels.append(kind is None)
+        total = result
+    return labels, kind
+
+
+def user_question(prompt) -> str:
+    (role, text), = [m for m in prompt if m[0] == "user"]
+    return text
 
 
 @pytest.mark.parametrize("name", ["arith-steps", "arith-steps-eval"])
 def test_prm_labels_match_the_arithmetic(name):
     first_errors, num_correct, num_solutions = set(), 0, 0
+    kinds = {k: 0 for k in demo_prm.ERROR_KINDS}
     for i in range(200):
         raw = demo_prm.make_row(name, i)
         assert raw == demo_prm.make_row(name, i)  # row i depends only on (name, i)
         ex = normalize_step_row(raw, f"builtin:{name}", i + 1)
-        start, ops = parse_question(ex.prompt[0][1])
+        assert ex.prompt[0] == ("system", demo_prm.SYSTEM)  # short system prompt, not SmolLM2's default
+        start, ops = parse_question(user_question(ex.prompt))
         assert len(ops) == 3 + i % 3 and ex.subset == f"{len(ops)}-steps"
         assert len(ex.solutions) == demo_prm.K
         correct_here = 0
-        for steps, labels in zip(ex.solutions, ex.labels):
-            assert list(labels) == check_solution(start, ops, list(steps))
-            final = int(STEP.match(steps[-1]).group(4))
-            assert (final == raw["answer"]) == all(labels)  # one error always changes the final answer
+        for steps, labels, generated_kind in zip(ex.solutions, ex.labels, raw["error_kinds"]):
+            want, kind = check_solution(start, ops, list(steps))
+            assert list(labels) == want and kind == generated_kind
+            assert (read_step(steps[-1])[3] == raw["answer"]) == all(labels)  # an error changes the final answer
             if all(labels):
                 correct_here += 1
             else:
                 first_errors.add(list(labels).index(False))
-                # exactly one wrong step: every later step is right given the (wrong) value before it
-                bad = list(labels).index(False)
-                for step in steps[bad + 1:]:
-                    a, op, b, result = STEP.match(step).groups()
-                    assert int(result) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+                kinds[kind] += 1
         assert correct_here >= 1  # Best-of-N always has a right answer to find
         num_correct += correct_here
         num_solutions += len(ex.solutions)
     assert first_errors == {0, 1, 2, 3, 4}
     assert 0.35 < num_correct / num_solutions < 0.55  # 1/4 + 3/4 * 1/4 = 0.44 expected
+    assert min(kinds.values()) > 0.25 * sum(kinds.values())  # the three kinds drawn uniformly
 
 
 def test_prm_train_and_eval_problems_are_disjoint():
     def starts(name, n):
-        return {parse_question(demo_prm.make_row(name, i)["prompt"][0]["content"])[0] for i in range(n)}
+        return {parse_question(demo_prm.make_row(name, i)["prompt"][-1]["content"])[0] for i in range(n)}
 
     train, evaluation = starts("arith-steps", 600), starts("arith-steps-eval", 150)
     assert train and evaluation and not train & evaluation
@@ -93,13 +117,13 @@ def test_prm_sequences_are_short(smollm2_dir):
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     longest_solution = longest_total = 0
     for name in ("arith-steps", "arith-steps-eval"):
-        for i in range(60):
+        for i in range(200):
             ex = normalize_step_row(demo_prm.make_row(name, i), name, i + 1)
             for steps in ex.solutions:
                 st = step_end_token_positions(tok, ex.prompt, steps, "\n")
                 longest_solution = max(longest_solution, len(st.solution_ids))
                 longest_total = max(longest_total, len(st.input_ids))
-    assert longest_solution <= 64 and longest_total <= 126, (longest_solution, longest_total)
+    assert longest_solution <= 72 and longest_total <= 120, (longest_solution, longest_total)
 
 
 def right_answer(question: str) -> str:

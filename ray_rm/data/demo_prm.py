@@ -11,16 +11,34 @@ A problem applies 3-5 operations to a starting number; a solution writes one ste
     steps    "17 + 8 = 25"   "25 - 5 = 20"   "20 * 3 = 60"
 
 Each row has ``K`` solutions in random order, at least one fully correct; every other solution is
-correct with probability 1/4, else one step (uniformly chosen) gets a wrong result (off by 1, 2 or 10,
-keeping every number >= 0) and every later step computes correctly from that wrong value. Labels follow
-Math-Shepherd / ProcessBench: True before the first error, False from it on (a step built on a wrong
-value cannot lead to the right answer, so it is not a good step even when its own arithmetic holds).
-Rows also carry ``answer`` (the true result; ignored by the normalizer) and ``subset`` ("<n>-steps").
+correct with probability 1/4, else one step (uniformly chosen) holds one error of a kind drawn
+uniformly from ``ERROR_KINDS``, and every later step computes correctly from that step's (wrong) result:
+  * ``carry``   the step starts from a number that is not the previous step's result (not the starting
+                number, for the first step), 3-30 away from it, and computes correctly from it:
+                ``25 - 5 = 20`` written as ``28 - 5 = 23``;
+  * ``operand`` the step uses an operand other than the prompt's (3-20 away from it; a multiplier
+                becomes 4-6) and computes correctly with it: ``25 - 5 = 20`` written as ``25 - 17 = 8``;
+  * ``result``  the step's result is far off: ten times the right one plus a digit, or 40-90 away from
+                it: ``25 - 5 = 20`` written as ``25 - 5 = 203`` or ``25 - 5 = 71``.
+Every written number stays >= 0 (a negative running total would give the error away). Why these
+kinds and not off-by-one arithmetic (this module's first version): a PRM on SmolLM2-135M must be able
+to see the error in the text within the demo's budget. A linear probe on the frozen model's last
+hidden state at the step ends (60 problems to fit, 30 held out, 2026-11-30) separated the wrong step
+from good steps with ROC AUC 0.98 for ``carry``, 0.92 for ``operand`` and 0.87 for ``result``
+(copying a number from the prompt or the line above, or a result of the wrong size), but only 0.61 for
+results off by 1 or 2, and 0.69 for a swapped operation; LoRA training in the demo's few minutes then
+starts from features that already carry the signal. So the demo shows a PRM catching copying slips
+and gross miscalculations, not subtle arithmetic.
+Labels follow Math-Shepherd / ProcessBench: True before the first error, False from it on (a step
+built on a wrong value cannot lead to the right answer, so it is not a good step even when its own
+arithmetic holds). Rows also carry ``answer`` (the true result; ignored by the normalizer), ``subset``
+("<n>-steps") and ``error_kinds`` (per solution: the kind, or null for a correct one; ignored too).
 The correct solutions of one prompt are the same text (the arithmetic has one right way to be written).
 Train and eval draw starting numbers from disjoint sets, so no eval problem appears in training.
-Sizes (SmolLM2 tokenizer, ``step_layout`` rule, "\n" separator; tests/test_demo_heads.py): a solution
-is at most 64 tokens, prompt + solution at most 126 with the chat template (about 30 of them SmolLM2's
-default system prompt).
+The prompt carries a short system message (``SYSTEM``): without one, SmolLM2's chat template inserts
+its default system prompt, ~12 more tokens per problem that tell the PRM nothing.
+Sizes (SmolLM2 tokenizer, ``step_layout`` rule, "\\n" separator; tests/test_demo_heads.py): a solution
+is at most 72 tokens, prompt + solution at most 120 with the chat template (a group of four ~220).
 """
 from __future__ import annotations
 
@@ -31,7 +49,8 @@ from ray_rm.data.demo_data import _split_of
 SETS = {"arith-steps": (0, 1), "arith-steps-eval": (1, 4)}  # (split id, size divisor)
 K = 4  # solutions per prompt
 P_EXTRA_CORRECT = 0.25
-ERROR_DELTAS = (-10, -2, -1, 1, 2, 10)
+ERROR_KINDS = ("carry", "operand", "result")
+SYSTEM = "Check each step."
 _OPS = {"add": ("+", "add"), "sub": ("-", "subtract"), "mul": ("*", "multiply by")}
 
 
@@ -60,28 +79,41 @@ def _question(start: int, ops: list[tuple[str, int]]) -> str:
     return f"Start with {start}, {', '.join(parts[:-1])}, then {parts[-1]}."
 
 
-def _totals(start: int, ops: list, error_at: int | None = None, delta: int = 0) -> list[int]:
-    """Each step's written result; with ``error_at`` = i, step i's is off by ``delta`` and later steps
-    compute correctly from it."""
-    totals, total = [], start
+def _wrong(rng: random.Random, kind: str, op: str, a: int, b: int) -> tuple[int, int, int]:
+    """(first operand, operand, result) of a step holding one error of ``kind`` (see the module docstring)."""
+    if kind == "carry":
+        a = max(0, a + rng.choice((-1, 1)) * rng.randrange(3, 31))
+    elif kind == "operand":
+        b = rng.randrange(4, 7) if op == "mul" else max(2, b + rng.choice((-1, 1)) * rng.randrange(3, 21))
+    result = _apply(op, a, b)
+    if kind == "result":
+        far = result * 10 + rng.randrange(10) if rng.random() < 0.5 else result + rng.choice((-1, 1)) * rng.randrange(40, 91)
+        result = far if far != result else result + 50
+    return a, b, result
+
+
+def _written(rng: random.Random, start: int, ops: list, error_at: int | None, kind: str) -> list[tuple]:
+    """Each step's (first operand, operand, result) as written; step ``error_at`` holds the error and later
+    steps compute correctly from its result."""
+    rows, total = [], start
     for i, (op, b) in enumerate(ops):
-        total = _apply(op, total, b) + (delta if i == error_at else 0)
-        totals.append(total)
-    return totals
+        a, b, result = _wrong(rng, kind, op, total, b) if i == error_at else (total, b, _apply(op, total, b))
+        rows.append((a, b, result))
+        total = result
+    return rows
 
 
-def _solution(rng: random.Random, start: int, ops: list, error_at: int | None) -> tuple[list[str], list[bool]]:
-    """Steps and labels; with ``error_at`` = i, step i's result is wrong and later steps build on it.
+def _solution(rng: random.Random, start: int, ops: list, error_at: int | None, kind: str | None):
+    """Steps and labels; with ``error_at`` = i, step i holds an error of ``kind`` and later steps build on it.
 
-    The error is an offset from ``ERROR_DELTAS`` that keeps every written number >= 0 (a negative
-    running total would give the error away); +1 always qualifies."""
-    totals = _totals(start, ops)
-    if error_at is not None:
-        for delta in rng.sample(ERROR_DELTAS, len(ERROR_DELTAS)):
-            totals = _totals(start, ops, error_at, delta)
-            if min(totals) >= 0:
-                break
-    steps = [f"{a} {_OPS[op][0]} {b} = {c}" for (op, b), a, c in zip(ops, [start] + totals[:-1], totals)]
+    Redraws the error until every written number is >= 0 and the step really differs from the right one."""
+    right = _written(rng, start, ops, None, "")
+    written = right
+    while error_at is not None:
+        written = _written(rng, start, ops, error_at, kind)
+        if min(n for step in written for n in step) >= 0 and written[error_at] != right[error_at]:
+            break
+    steps = [f"{a} {_OPS[op][0]} {b} = {c}" for (op, _), (a, b, c) in zip(ops, written)]
     labels = [error_at is None or i < error_at for i in range(len(ops))]
     return steps, labels
 
@@ -101,9 +133,17 @@ def make_row(name: str, index: int) -> dict:
     ops = _operations(rng, start, n)
     solutions = []
     for s in range(K):
-        correct = s == 0 or rng.random() < P_EXTRA_CORRECT
-        steps, labels = _solution(rng, start, ops, None if correct else rng.randrange(n))
-        solutions.append({"steps": steps, "labels": labels})
+        kind = None if s == 0 or rng.random() < P_EXTRA_CORRECT else rng.choice(ERROR_KINDS)
+        steps, labels = _solution(rng, start, ops, None if kind is None else rng.randrange(n), kind)
+        solutions.append(({"steps": steps, "labels": labels}, kind))
     rng.shuffle(solutions)
-    return {"prompt": [{"role": "user", "content": _question(start, ops)}], "solutions": solutions,
-            "answer": _totals(start, ops)[-1], "subset": f"{n}-steps"}
+    return {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _question(start, ops)}],
+            "solutions": [s for s, _ in solutions], "error_kinds": [k for _, k in solutions],
+            "answer": _final(start, ops), "subset": f"{n}-steps"}
+
+
+def _final(start: int, ops: list) -> int:
+    total = start
+    for op, b in ops:
+        total = _apply(op, total, b)
+    return total
