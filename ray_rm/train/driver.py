@@ -45,6 +45,13 @@ class RunPlan:
     dp_size: int
     feed: object  # train/feed_plan.FeedPlan, shipped to the workers
 
+    @property
+    def planned_rows(self) -> int:
+        """Source rows one epoch reads (every train task's rows): what the drop report must account for."""
+        from ray_rm.train.feed_plan import task_rows
+
+        return sum(task_rows(t) for t in self.feed.train_tasks)
+
 
 def run_training(cfg: TrainJobConfig) -> dict:
     """Train, export and summarize; returns the summary written to ``output_dir/summary.json``.
@@ -63,7 +70,7 @@ def run_training(cfg: TrainJobConfig) -> dict:
     plan = _plan(cfg, settings, encoder)
     result = _fit(_trainer(cfg, plan, pad_token_id))
     return _finish(cfg, result, model_path, {"run_name": plan.run_name, "storage_path": str(plan.storage),
-                                             "started": started})
+                                             "started": started, "planned_rows": plan.planned_rows})
 
 
 def _resolve_settings(cfg: TrainJobConfig) -> tuple[TrainJobConfig, str, object]:
@@ -208,7 +215,8 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, run: dict) -> dict:
     metrics = dict(result.metrics or {})
     data = json.loads(metrics.pop("data_summary_json"))
     train, evald = data["train"], data["eval"]
-    reports = {"train": train["report"], "eval": evald["report"] if evald else None}
+    reports = {"train": _with_unread_rows(train["report"], run["planned_rows"]),
+               "eval": evald["report"] if evald else None}
     (out / "drop_report.json").write_text(json.dumps(reports, indent=2))
     summary = {
         "hf_checkpoint": str(hf_dir), "run_name": run["run_name"], "storage_path": run["storage_path"],
@@ -226,7 +234,8 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, run: dict) -> dict:
         "curves_png": curves.plot(run_curves, out / "train_curves.png", title=run["run_name"]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    lines = [usage_line(f"{name} data", DropReport.from_dict(rep)) for name, rep in reports.items() if rep]
+    lines = [usage_line(f"{name} data", DropReport.from_dict(rep)) + _unread_note(rep)
+             for name, rep in reports.items() if rep]
     verdict = check.format() if check.passed else check.format().splitlines()[0]  # failures: the job's error
     print("\n".join(lines + ["[ray_rm] " + verdict]), flush=True)
     from ray_rm.model.export_check import require_passed
@@ -235,6 +244,19 @@ def _finish(cfg: TrainJobConfig, result, model_path: str, run: dict) -> dict:
     print(f"[ray_rm] done in {summary['wall_time_s']}s: HF checkpoint {hf_dir} | summary {out / 'summary.json'}",
           flush=True)
     return summary
+
+
+def _with_unread_rows(report: dict, planned_rows: int) -> dict:
+    """The train drop report plus ``rows_not_read``: the epoch's rows the stream never reached because
+    ``train.max_steps`` ended the run first. Why not read them anyway: on a large data set that would tokenize
+    the rest of the epoch after training is over; counted instead, every planned row is accounted for as kept,
+    dropped (with its reason) or not read."""
+    return {**report, "rows_not_read": max(0, planned_rows - report["rows_read"])}
+
+
+def _unread_note(report: dict) -> str:
+    unread = report.get("rows_not_read", 0)
+    return f"; {unread} rows not read (the run ended at train.max_steps before the epoch did)" if unread else ""
 
 
 def _check_export(cfg: TrainJobConfig, model_path: str, hf_dir: Path):
