@@ -81,13 +81,15 @@ def test_lora_checkpoint_holds_the_value_head_and_export_merges(ray_local, tiny_
     from ray_rm.model.build import build_reward_model
 
     out = tmp_path / "lora"
-    run_training(tiny_config(tiny_decoder_dir, out, **{"train.lora.r": 4, "train.checkpoint_every": 2,
-                                                        "train.lr": 5e-3}))
+    summary = run_training(tiny_config(tiny_decoder_dir, out, **{"train.lora.r": 4, "train.checkpoint_every": 2,
+                                                                  "train.lr": 5e-3}))
     init_head = build_reward_model(ModelConfig(name_or_path=tiny_decoder_dir), seed=42).head.weight
     trained_head = head_weight(out / "hf")
     assert not torch.allclose(trained_head, init_head)  # the head trained and was exported
     # the DeepSpeed checkpoint (frozen base excluded) still carries the value head and the adapters
-    ckpt = next((out / "ray_storage").glob("*/step_0000002"))
+    # (Ray Train keeps the newest 2: a mid-run one, every 2 steps, and the final one)
+    ckpt = min((out / "ray_storage").glob("*/step_*"))
+    assert int(ckpt.name.removeprefix("step_")) % 2 == 0 and int(ckpt.name.removeprefix("step_")) < summary["steps"]
     state = torch.load(next(ckpt.glob("ds/mp_rank_00_model_states.pt")), map_location="cpu", weights_only=False)
     keys = set(state["module"])
     assert "head.weight" in keys and any("lora_A" in k for k in keys)
