@@ -203,14 +203,20 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    same = result["same_pairs_per_step"]
+    same = result.get("same_pairs_per_step")
     names = ["padded", "packed", "shared"]
-    axes[0].bar(names, [same[n]["pairs_per_s"] for n in names], color=["#999", "#48c", "#2a6"])
-    axes[0].set_title(f"pairs/s, {result['config']['pairs_per_step']} pairs per step")
-    for i, n in enumerate(names):
-        axes[0].text(i, same[n]["pairs_per_s"], f"{same[n]['pairs_per_s'] / same['padded']['pairs_per_s']:.2f}x",
-                     ha="center", va="bottom")
-    rows = result["same_packed_rows"]
+    if same:  # absent after --only overhead with no earlier layouts result
+        axes[0].bar(names, [same[n]["pairs_per_s"] for n in names], color=["#999", "#48c", "#2a6"])
+        axes[0].set_title(f"pairs/s, {result['config']['pairs_per_step']} pairs per step")
+        for i, n in enumerate(names):
+            ratio = same[n]["pairs_per_s"] / same["padded"]["pairs_per_s"]
+            axes[0].text(i, same[n]["pairs_per_s"], f"{ratio:.2f}x", ha="center", va="bottom")
+    rows = result.get("same_packed_rows")
+    if not rows:
+        axes[1].set_visible(False)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return
     names = ["padded", "bare", "ray_rm"]
     axes[1].bar(["padded", "bare torch", "ray_rm job"], [rows[n]["pairs_per_s"] for n in names],
                 color=["#999", "#48c", "#2a6"])

@@ -35,9 +35,18 @@ ROW_SCHEMA = packed_row_schema(_STREAM_COLUMNS)  # packed rows' own columns come
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
-    """One task's packed rows plus its report row, as one Arrow table of ``ROW_SCHEMA``."""
+    """One task's report row, then its packed rows, as one Arrow table of ``ROW_SCHEMA``.
+
+    The report comes first because the whole task was read before it was packed: a rank that stops in the
+    middle of a task (``train.max_steps``) has then already counted every row of it as kept or dropped."""
     row_fields = [name for name, _ in packed_row_fields()]
     cols: dict = {k: [] for k in ROW_SCHEMA.names}
+    for k in row_fields:
+        cols[k].append([])
+    cols["kind"].append("report")
+    cols["report_json"].append(json.dumps(report.to_dict()))
+    cols["task_index"].append(task_index)
+    cols["row_in_task"].append(-1)
     for i, row in enumerate(rows):
         rec = row.to_record()
         for k in row_fields:
@@ -46,12 +55,6 @@ def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) ->
         cols["report_json"].append("")
         cols["task_index"].append(task_index)
         cols["row_in_task"].append(i)
-    for k in row_fields:
-        cols[k].append([])
-    cols["kind"].append("report")
-    cols["report_json"].append(json.dumps(report.to_dict()))
-    cols["task_index"].append(task_index)
-    cols["row_in_task"].append(len(rows))
     return pa.table(cols, schema=ROW_SCHEMA)
 
 
@@ -118,7 +121,7 @@ def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings:
 
 def direct_task_records(tasks: list[tuple[int, dict]], encoder, data_cfg: DataConfig,
                         settings: PackSettings) -> Iterator[dict]:
-    """The records ``tasks_dataset`` streams (packed rows, then each task's report row), computed in this
+    """The records ``tasks_dataset`` streams (each task's report row, then its packed rows), computed in this
     process without Ray: the reference in tests, and the eval feed's source (eval shards are small)."""
     for index, task in tasks:
         yield from prepare_and_pack(ReadTask.from_dict(task), index, encoder, data_cfg, settings).to_pylist()
