@@ -59,6 +59,11 @@ class LossSettings:
     def __post_init__(self):
         get_loss(self.name)  # an unknown name fails where the settings are made, not at the first micro-batch
 
+    @classmethod
+    def from_train_config(cls, tc) -> "LossSettings":
+        """The settings a ``train`` config section (``config_schema.TrainConfig``) asks for."""
+        return cls(tc.loss, tc.center_rewards_coefficient, tc.barrier_coefficient, tc.focal_gamma, tc.prm_pos_weight)
+
 
 @dataclass
 class LossResult:

@@ -102,6 +102,23 @@ def test_cut_at_first_error_ends_each_solution_at_its_first_wrong_step(tok):
         assert group.sequences[s] == alone.input_ids and group.step_ends[s] == alone.step_ends  # the text is cut
 
 
+def test_the_train_job_passes_the_cut_and_the_weight_to_packing_and_the_loss(tmp_path, tiny_decoder_dir, tok):
+    from transformers import AutoConfig
+
+    from ray_rm.train.driver import _pack_settings
+    from train_helpers import tiny_config
+
+    path = _write(tmp_path, [MULTI_ROW])
+    cfg = tiny_config(tiny_decoder_dir, tmp_path / "run", **{
+        "model.head": "prm", "train.loss": "step_bce", "data.train_files": path,
+        "train.prm_cut_at_first_error": True, "train.prm_pos_weight": 0.4})
+    settings, _ = _pack_settings(cfg, tiny_decoder_dir, AutoConfig.from_pretrained(tiny_decoder_dir))
+    (row,), _ = direct_packed_rows([path], DataConfig(max_length=512, pack_tokens=1024, shuffle=False), settings)
+    labels = {seq: [lab for _, lab in steps] for seq, steps in _steps_by_sequence(row).items()}
+    assert labels == {0: [1.0, 1.0], 1: [0.0], 2: [1.0, 0.0]}  # the second solution ends at its wrong step
+    assert LossSettings.from_train_config(cfg.train).prm_pos_weight == 0.4
+
+
 BAD_ROWS = [
     ({"prompt": "p", "completions": ["a", "b"], "labels": [True]}, "labels", "has 1 labels but 'completions' has 2"),
     ({"prompt": "p", "completions": ["a", "  "], "labels": [True, False]}, "completions[1]", ""),
