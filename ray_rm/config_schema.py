@@ -147,6 +147,12 @@ class TrainConfig:
     focal_gamma: float = opt(0.0, "internlm2: >0 uses the focal ranking term with this gamma")
     prm_last_step_only: bool = opt(False, "model.head=prm: train on each solution's last step only (TRL's "
                                           "step_last_only; earlier steps' labels are ignored)")
+    prm_cut_at_first_error: bool = opt(False, "model.head=prm: end each training solution at its first step labelled "
+                                              "wrong (PRM800K-style), so every wrong label marks a step that holds "
+                                              "the error itself, not one built on it")
+    prm_pos_weight: float = opt(1.0, "model.head=prm: weight of the correct-step term in step_bce (torch's "
+                                     "pos_weight); below 1 weighs wrong steps more, e.g. n_wrong / n_correct "
+                                     "balances the classes")
     max_steps: int = opt(0, "optimizer steps to run, which is also the LR schedule's length (0 = num_epochs "
                             "over the data; the data streams, so the schedule's length is then estimated from "
                             "a packed sample (data.step_estimate_pairs), while the run still ends after exactly "

@@ -19,16 +19,31 @@ from pathlib import Path
 from ray_rm.config import load_config
 from ray_rm.config_schema import DEMO_TRAIN_CONFIG, TrainJobConfig
 
-# The budget: the whole demo in < 10 min on a 2-core machine shared with other work (390 s measured
-# 2026-11-30, README). Two single-core workers: they trained ~160 tokens/s on this data where one worker
-# with two threads got ~95 (same day, similar load), so 192 problems (x 4 solutions, two problems per
-# 512-token row, four per optimizer step: 36 steps, one epoch) fit where 160 on one worker took 7.7 min.
-# The head learns at 10x the LoRA rate: the frozen model's last hidden state already separates the
-# demo's wrong steps (ray_rm/data/demo_prm.py), so most of the early gain is the head's. Half these rates
-# (5e-4 / 5e-3, 30 steps) learned less: Best-of-4 0.50 and step accuracy 0.69, against 0.67 and 0.77.
+# The budget: the whole demo in < 10 min on a 2-core machine shared with other work (README has the measured
+# wall time). Two single-core workers: they trained ~160 tokens/s on this data where one worker with two
+# threads got ~95 (2026-11-30, similar load). 192 problems (x 4 solutions, three or four problems per
+# 512-token row once cut, see below; 28 optimizer steps, one epoch): 256 problems (37 steps, +65 s of
+# training) moved the trained PRM towards "correct" (first-error F1 0.72 against 0.79, error accuracy 0.59
+# against 0.74) without a clear gain (Best-of-4 0.78 against 0.72, step accuracy 0.72 against 0.74).
+# The head learns at 10x the LoRA rate: the frozen model's last hidden state already separates the demo's
+# wrong steps (ray_rm/data/demo_prm.py), so most of the early gain is the head's. Half these rates
+# (5e-4 / 5e-3) learned less: Best-of-4 0.50 and step accuracy 0.69, against 0.67 and 0.77 (Math-Shepherd
+# labels, 36 steps).
+# Why training solutions end at their first wrong step (train.prm_cut_at_first_error) and wrong steps weigh
+# 2.5x (train.prm_pos_weight=0.4): with Math-Shepherd labels (every step after the first error labelled
+# wrong, though it computes correctly from the wrong value) late steps are mostly labelled wrong, and 36 steps
+# learned step position: every correct solution got a false first error at ProcessBench's 0.5 threshold
+# (first-error F1 0.00, though the first error was found in 64% of wrong solutions). Cut but unweighted,
+# one wrong label per wrong solution against ~4.4 right ones, no step fell below 0.5 (F1 0.00 again). Cut
+# and weighted: F1 0.79. Why 0.4, between plain (1) and balanced (~0.23): a head-only probe (frozen step
+# features, 128 problems, 32-64 Adam steps of 2-4 problems, three schedules) was steadiest near 0.37:
+# first-error F1 0.29-0.39, against 0.08-0.35 unweighted and 0.11-0.37 balanced.
+# The trade: the eval's step accuracy counts the steps after a first error as wrong (Math-Shepherd), and a
+# PRM trained on first errors calls those locally right steps right (0.74 against 0.77, README).
 PRM_TRAIN = ["model.head=prm", "train.loss=step_bce", "data.train_files=[builtin:arith-steps]",
              "data.eval_files=[]", "data.builtin_size=192", "data.pack_tokens=512", "data.max_length=256",
-             "train.eval_every=0", "train.checkpoint_every=0", "train.lr=1e-3", "train.head_lr=1e-2"]
+             "train.eval_every=0", "train.checkpoint_every=0", "train.lr=1e-3", "train.head_lr=1e-2",
+             "train.prm_cut_at_first_error=true", "train.prm_pos_weight=0.4"]
 EVAL_SIZE = 240  # builtin:arith-steps-eval holds size // 4 = 60 held-out problems (240 solutions)
 QUICK = ["data.builtin_size=24", "train.max_steps=2"]
 METRICS = (("step_accuracy", "step accuracy"), ("first_error_f1", "first-error F1"), ("best_of_n", "Best-of-4"))

@@ -26,7 +26,8 @@ Pairs come from each group's ranks: every (i, j) with rank_i < rank_j, i the bet
   attribute_mse     attribute head: ((a_j - y_j) / std_j)² over the given ratings only (unit: ratings)
   attribute_mse_bt  attribute_mse + bt on the combined reward w . a (rated rows and pairs in one run)
   step_bce          (model.head=prm) binary cross-entropy of each labelled step's score (a logit) against its
-                    label, summed over labelled steps (unit "steps"; unlabelled steps, NaN, are masked out)
+                    label, summed over labelled steps (unit "steps"; unlabelled steps, NaN, are masked out);
+                    ``train.prm_pos_weight`` w weighs the correct-step term (w < 1: wrong steps count more)
 ``train.center_rewards_coefficient`` c adds c·(r_b + r_w)² per pair to any loss (TRL).
 """
 from __future__ import annotations
@@ -53,9 +54,15 @@ class LossSettings:
     center_rewards_coefficient: float = 0.0
     barrier_coefficient: float = 0.01
     focal_gamma: float = 0.0
+    prm_pos_weight: float = 1.0  # step_bce: weight of the correct-step term (torch's pos_weight)
 
     def __post_init__(self):
         get_loss(self.name)  # an unknown name fails where the settings are made, not at the first micro-batch
+
+    @classmethod
+    def from_train_config(cls, tc) -> "LossSettings":
+        """The settings a ``train`` config section (``config_schema.TrainConfig``) asks for."""
+        return cls(tc.loss, tc.center_rewards_coefficient, tc.barrier_coefficient, tc.focal_gamma, tc.prm_pos_weight)
 
 
 @dataclass
@@ -195,10 +202,15 @@ def attribute_mse_bt(out, batch, settings):
 # ------------------------------------------------------------------ process reward models (model.head=prm)
 @register_loss("step_bce", (("step_bce", "steps"),))
 def step_bce(out, batch, settings):
-    """Sum over labelled steps of BCE(score, label); ``out.rewards`` holds one score per step (the prm head)."""
+    """Sum over labelled steps of BCE(score, label); ``out.rewards`` holds one score per step (the prm head).
+
+    ``settings.prm_pos_weight`` w scales the correct-step term: -(w y log p + (1 - y) log(1 - p)). The sum is
+    still averaged over labelled steps (not over weights), so w = 1 is the plain BCE."""
     labels = batch.step_labels
     known = torch.isfinite(labels)
-    per_step = F.binary_cross_entropy_with_logits(out.rewards, torch.where(known, labels, 0.0), reduction="none")
+    pos_weight = out.rewards.new_tensor(settings.prm_pos_weight) if settings.prm_pos_weight != 1.0 else None
+    per_step = F.binary_cross_entropy_with_logits(out.rewards, torch.where(known, labels, 0.0), reduction="none",
+                                                  pos_weight=pos_weight)
     return {"step_bce": torch.where(known, per_step, 0.0).sum()}
 
 

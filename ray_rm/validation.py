@@ -65,6 +65,9 @@ def _prm(cfg: TrainJobConfig) -> None:
     """Process reward model settings that only mean something with model.head=prm."""
     prm = cfg.model.head == "prm"
     _require(prm or not cfg.train.prm_last_step_only, "train.prm_last_step_only needs model.head=prm")
+    _require(prm or not cfg.train.prm_cut_at_first_error, "train.prm_cut_at_first_error needs model.head=prm")
+    _require(prm or cfg.train.prm_pos_weight == 1.0, "train.prm_pos_weight needs model.head=prm")
+    _require(cfg.train.prm_pos_weight > 0, "train.prm_pos_weight must be > 0")
     _require(not prm or cfg.model.kind != "encoder", "model.head=prm reads step ends causally: use a decoder")
     _require(not prm or cfg.data.chat_template != "never", "model.head=prm tokenizes message prompts with the chat "
                                                            "template; data.chat_template=never is not supported")

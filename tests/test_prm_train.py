@@ -90,6 +90,35 @@ def test_last_step_only_keeps_each_solutions_last_label(tok):
     assert as_text == [["-", 1.0], ["-", "-"], ["-", 0.0]]
 
 
+def test_cut_at_first_error_ends_each_solution_at_its_first_wrong_step(tok):
+    row = {"prompt": MULTI_ROW["prompt"], "solutions": MULTI_ROW["solutions"] + [
+        {"steps": ["5 + 3 = 8", "8 + 1 = 9", "9 * 2 = 18"], "labels": [None, False, False]}]}
+    ex = normalize_step_row(row, "x", 1)
+    group = step_group(tok, ex, "\n", cut_first_error=True)
+    as_text = [["-" if math.isnan(v) else v for v in sol] for sol in group.step_labels]
+    assert as_text == [[1.0, 1.0], [0.0], [1.0, 0.0], ["-", 0.0]]  # an unlabelled step is not an error
+    for s, (steps, n) in enumerate(zip(ex.solutions, (2, 1, 2, 2))):
+        alone = step_end_token_positions(tok, ex.prompt, steps[:n], "\n")
+        assert group.sequences[s] == alone.input_ids and group.step_ends[s] == alone.step_ends  # the text is cut
+
+
+def test_the_train_job_passes_the_cut_and_the_weight_to_packing_and_the_loss(tmp_path, tiny_decoder_dir, tok):
+    from transformers import AutoConfig
+
+    from ray_rm.train.driver import _pack_settings
+    from train_helpers import tiny_config
+
+    path = _write(tmp_path, [MULTI_ROW])
+    cfg = tiny_config(tiny_decoder_dir, tmp_path / "run", **{
+        "model.head": "prm", "train.loss": "step_bce", "data.train_files": path,
+        "train.prm_cut_at_first_error": True, "train.prm_pos_weight": 0.4})
+    settings, _ = _pack_settings(cfg, tiny_decoder_dir, AutoConfig.from_pretrained(tiny_decoder_dir))
+    (row,), _ = direct_packed_rows([path], DataConfig(max_length=512, pack_tokens=1024, shuffle=False), settings)
+    labels = {seq: [lab for _, lab in steps] for seq, steps in _steps_by_sequence(row).items()}
+    assert labels == {0: [1.0, 1.0], 1: [0.0], 2: [1.0, 0.0]}  # the second solution ends at its wrong step
+    assert LossSettings.from_train_config(cfg.train).prm_pos_weight == 0.4
+
+
 BAD_ROWS = [
     ({"prompt": "p", "completions": ["a", "b"], "labels": [True]}, "labels", "has 1 labels but 'completions' has 2"),
     ({"prompt": "p", "completions": ["a", "  "], "labels": [True, False]}, "completions[1]", ""),
@@ -162,19 +191,21 @@ def test_packed_step_scores_equal_each_solution_run_alone(prm_model, tok, share_
     assert got == pytest.approx(want, abs=1e-5)
 
 
-def test_step_bce_equals_a_hand_computed_value_and_the_step_mean_is_exact_however_packed(prm_model, tok):
+@pytest.mark.parametrize("pos_weight", [1.0, 0.4])
+def test_step_bce_equals_a_hand_computed_value_and_the_step_mean_is_exact_however_packed(prm_model, tok, pos_weight):
     groups = _demo_groups(tok, 5)
     one_row = list(pack_groups(groups, 4000, True, 64))
     split = list(pack_groups(groups[:2], 4000, True, 64)) + list(pack_groups(groups[2:], 4000, True, 64))
     assert len(one_row) == 1 and len(split) == 2
-    settings = LossSettings("step_bce")
-    # by hand: mean over every labelled step of -[y log σ(s) + (1-y) log(1-σ(s))], each solution run alone
+    settings = LossSettings("step_bce", prm_pos_weight=pos_weight)
+    # by hand: mean over every labelled step of -[w y log σ(s) + (1-y) log(1-σ(s))], each solution run alone
+    # (w = train.prm_pos_weight; the mean is over steps, not weights)
     terms = []
     for g in groups:
         for seq, ends, labels in zip(g.sequences, g.step_ends, g.step_labels):
             for s, y in zip(_alone_step_scores(prm_model, seq, ends), labels):
                 p = 1 / (1 + math.exp(-s))
-                terms.append(-(y * math.log(p) + (1 - y) * math.log(1 - p)))
+                terms.append(-(pos_weight * y * math.log(p) + (1 - y) * math.log(1 - p)))
     hand = sum(terms) / len(terms)
 
     def step_mean(rows):

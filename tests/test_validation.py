@@ -69,6 +69,9 @@ def test_a_loss_the_head_does_not_take_is_refused(tmp_path):
     ({"data.train_files": ""}, "data.train_files is empty"),
     ({"data.max_length": 1024, "data.pack_tokens": 2000}, "data.pack_tokens \\(2000\\) must be at least 2 x"),
     ({"data.max_length": -1}, "data.max_length' must be positive"),
+    ({"train.prm_cut_at_first_error": True}, "train.prm_cut_at_first_error needs model.head=prm"),
+    ({"train.prm_pos_weight": 0.5}, "train.prm_pos_weight needs model.head=prm"),
+    ({"model.head": "prm", "train.loss": "step_bce", "train.prm_pos_weight": 0.0}, "train.prm_pos_weight must be > 0"),
 ])
 def test_train_rules(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):

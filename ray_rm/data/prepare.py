@@ -40,6 +40,7 @@ class PackSettings:
     head: str = "scalar"  # model.head: "prm" reads stepwise rows (ray_rm/data/step_groups.py)
     step_separator: str = "\n"  # model.step_separator (prm)
     prm_last_step_only: bool = False  # train.prm_last_step_only (prm)
+    prm_cut_at_first_error: bool = False  # train.prm_cut_at_first_error (prm)
 
 
 def make_encoder(tokenizer_path: str, data_cfg: DataConfig) -> SequenceEncoder:
@@ -168,7 +169,8 @@ def task_groups(task: ReadTask, encoder, data_cfg: DataConfig, settings: PackSet
         from ray_rm.data.step_groups import process_step_task  # imports this module
 
         return process_step_task(task, encoder, data_cfg, settings.share_prompt, settings.seed,
-                                 settings.step_separator, settings.prm_last_step_only)
+                                 settings.step_separator, settings.prm_last_step_only,
+                                 settings.prm_cut_at_first_error)
     return process_task(task, encoder, data_cfg, settings.share_prompt, settings.seed, settings.attributes)
 
 

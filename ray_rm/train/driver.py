@@ -115,6 +115,7 @@ def _pack_settings(cfg: TrainJobConfig, model_path: str, hf_config) -> tuple[Pac
     settings = PackSettings(tokenizer_path=model_path, share_prompt=cfg.data.share_prompt and kind == "decoder",
                             seed=cfg.train.seed if cfg.data.shuffle else None, head=cfg.model.head,
                             step_separator=cfg.model.step_separator, prm_last_step_only=cfg.train.prm_last_step_only,
+                            prm_cut_at_first_error=cfg.train.prm_cut_at_first_error,
                             attributes=tuple(cfg.model.attributes) if cfg.model.head == "attributes" else ())
     return settings, pad_id, encoder
 

@@ -123,7 +123,7 @@ def build_step_context(cfg: TrainJobConfig, rank: Rank, loop_config: dict) -> St
         sp.check_model(model.config)
     dtype = resolve_dtype(mc.dtype, rank.device.type)
     engine, _ = initialize(model, tc, loop_config["total_steps"], dtype, rank.world_size)
-    settings = LossSettings(tc.loss, tc.center_rewards_coefficient, tc.barrier_coefficient, tc.focal_gamma)
+    settings = LossSettings.from_train_config(tc)
     return StepContext(engine=engine, device=rank.device, settings=settings, world_size=rank.world_size, sp=sp,
                        sp_size=sp_size, pad_token_id=loop_config["pad_token_id"], pack_tokens=cfg.data.pack_tokens,
                        nan_policy=tc.nan_policy)
