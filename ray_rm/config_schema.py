@@ -118,7 +118,12 @@ class DataConfig:
     shuffle: bool = opt(True, "shuffle rows (seeded by train.seed) before packing")
     limit: int = opt(0, "use only the first N rows of each source (0 = all)")
     rows_per_read_task: int = opt(2000, "rows per Ray Data read/tokenize task")
-    tokenize_actors: int = opt(1, "actors in the tokenization pool")
+    tokenize_actors: int = opt(1, "actors in the tokenization pool (training: split over the data-parallel "
+                                  "ranks' streams, at least one each)")
+    stream_window_mb: int = opt(64, "training streams: object-store MiB each data-parallel rank's stream may hold "
+                                    "(the window; memory is bounded by it, not by the data size)")
+    step_estimate_pairs: int = opt(512, "pairs of the first read task packed on the driver to estimate the "
+                                        "steps of an epoch for the LR schedule when train.max_steps = 0")
     builtin_size: int = opt(600, "pairs generated for 'builtin:verifiable' (eval: a quarter of it)")
 
 
@@ -148,7 +153,10 @@ class TrainConfig:
     prm_pos_weight: float = opt(1.0, "model.head=prm: weight of the correct-step term in step_bce (torch's "
                                      "pos_weight); below 1 weighs wrong steps more, e.g. n_wrong / n_correct "
                                      "balances the classes")
-    max_steps: int = opt(0, "optimizer steps to run (0 = num_epochs over the data)")
+    max_steps: int = opt(0, "optimizer steps to run, which is also the LR schedule's length (0 = num_epochs "
+                            "over the data; the data streams, so the schedule's length is then estimated from "
+                            "a packed sample (data.step_estimate_pairs), while the run still ends after exactly "
+                            "num_epochs)")
     num_epochs: int = opt(1, "passes over the training data when max_steps = 0")
     micro_steps_per_update: int = opt(1, "gradient accumulation: packed rows per worker per optimizer step")
     lr: float = opt(1e-5, "peak learning rate (AdamW)")

@@ -27,6 +27,7 @@ def test_mixed_rated_and_pair_rows_train_and_export_every_attribute(ray_local, t
     assert config.id2label == {0: "helpfulness", 1: "correctness", 2: "verbosity"}
     assert config.ray_rm["attribute_weights"] == [1.0, 0.5, -0.25] and config.ray_rm["loss"] == "attribute_mse_bt"
     drops = json.loads((out / "drop_report.json").read_text())["train"]
-    assert drops["rows_read"] == 64 and drops["rows_kept"] == 64
+    # max_steps=3 may end the run before the epoch's stream does: every row is still accounted for
+    assert drops["rows_read"] + drops["rows_not_read"] == 64 and drops["rows_kept"] == drops["rows_read"] > 0
     losses = [m["train/rm/loss"] for m in read_metrics(out) if "train/rm/loss" in m]
     assert losses and all(math.isfinite(v) for v in losses)

@@ -26,7 +26,10 @@ def test_train_throughput_bench_runs(tmp_path, tiny_decoder_dir):
                        "--max-len", "256", "--pack-tokens", "512", "--job-steps", "2", "--model", tiny_decoder_dir)
     same = result["same_pairs_per_step"]
     assert {"padded", "packed", "shared"} <= set(same) and all(v["pairs_per_s"] > 0 for v in same.values())
-    assert result["same_packed_rows"]["ray_rm"]["steps"] == 1 and result["ray_rm_vs_bare"] > 0
+    rows = result["same_packed_rows"]
+    assert rows["ray_rm"]["steps"] == 1 and result["ray_rm_vs_bare"] > 0
+    # padded, bare and the job train the same pairs in each timed step
+    assert rows["padded"]["pairs"] == rows["bare"]["pairs"] == rows["ray_rm"]["pairs"] > 0
 
 
 def test_serve_throughput_bench_runs(tmp_path, exported_tiny_rm):

@@ -129,3 +129,22 @@ def test_hh_rlhf_with_default_settings_keeps_every_pair(smollm2_dir):
     rows, report = direct_packed_rows([str(HH_TRAIN)], DataConfig(), settings(smollm2_dir, seed=None))
     assert report.rows_read == 1600 and report.rows_kept == 1600 and report.rows_dropped == 0, report.format()
     assert sum(len(r.group_ids) for r in rows) == 1600
+
+
+@pytest.mark.slow
+def test_rank_stream_with_a_window_equals_direct(ray_local, files, smollm2_dir):
+    """A rank's stream (a subset of tasks, in the feed's order, executor capped at a 1 MiB window) yields
+    exactly the records the Ray-free reference computes for those tasks, report rows included."""
+    from ray_rm.data.pipeline import direct_task_records, make_encoder, ordered_tasks, tasks_dataset
+    from ray_rm.data.prepare import resolve_max_length
+
+    cfg = resolve_max_length(CFG, smollm2_dir)
+    tasks = [t.to_dict() for t in ordered_tasks(files, cfg, 11)]
+    mine = [(i, tasks[i]) for i in [3, 0, 2][:len(tasks)]]
+    got = list(tasks_dataset(mine, cfg, settings(smollm2_dir, 11), actors=1, window_bytes=2 ** 20).iter_rows())
+    want = list(direct_task_records(mine, make_encoder(smollm2_dir, cfg), cfg, settings(smollm2_dir, 11)))
+    assert [r["task_index"] for r in got] == [r["task_index"] for r in want]
+    assert [r["kind"] for r in got] == [r["kind"] for r in want] and want[0]["kind"] == "report"
+    assert [r["report_json"] for r in got] == [r["report_json"] for r in want]
+    assert rows_equal([PackedRow.from_record(r) for r in got if r["kind"] == "packed"],
+                      [PackedRow.from_record(r) for r in want if r["kind"] == "packed"])

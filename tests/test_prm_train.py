@@ -112,7 +112,7 @@ def test_the_train_job_passes_the_cut_and_the_weight_to_packing_and_the_loss(tmp
     cfg = tiny_config(tiny_decoder_dir, tmp_path / "run", **{
         "model.head": "prm", "train.loss": "step_bce", "data.train_files": path,
         "train.prm_cut_at_first_error": True, "train.prm_pos_weight": 0.4})
-    settings, _ = _pack_settings(cfg, tiny_decoder_dir, AutoConfig.from_pretrained(tiny_decoder_dir))
+    settings = _pack_settings(cfg, tiny_decoder_dir, AutoConfig.from_pretrained(tiny_decoder_dir))[0]
     (row,), _ = direct_packed_rows([path], DataConfig(max_length=512, pack_tokens=1024, shuffle=False), settings)
     labels = {seq: [lab for _, lab in steps] for seq, steps in _steps_by_sequence(row).items()}
     assert labels == {0: [1.0, 1.0], 1: [0.0], 2: [1.0, 0.0]}  # the second solution ends at its wrong step

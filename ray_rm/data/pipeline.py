@@ -1,5 +1,9 @@
 """The Ray Data graph: read tasks -> (normalize, filter, tokenize, pack) on an actor pool -> packed rows.
 
+Two uses: ``tasks_dataset`` is one training rank's stream (its tasks, in the feed plan's order, under an
+object-store window; see train/data_feed.py), and ``packed_dataset``/``materialize`` run every task once
+(inspection tools, tests, and the materializing baseline of bench/data_scale.py).
+
 It must not hold the per-task logic (``prepare.py``), the packing algorithm (``packer.py``) or config rules.
 
 Each read task (a row range of one source) is prepared and packed by one actor call, so the result
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -30,9 +35,18 @@ ROW_SCHEMA = packed_row_schema(_STREAM_COLUMNS)  # packed rows' own columns come
 
 
 def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) -> pa.Table:
-    """One task's packed rows plus its report row, as one Arrow table of ``ROW_SCHEMA``."""
+    """One task's report row, then its packed rows, as one Arrow table of ``ROW_SCHEMA``.
+
+    The report comes first because the whole task was read before it was packed: a rank that stops in the
+    middle of a task (``train.max_steps``) has then already counted every row of it as kept or dropped."""
     row_fields = [name for name, _ in packed_row_fields()]
     cols: dict = {k: [] for k in ROW_SCHEMA.names}
+    for k in row_fields:
+        cols[k].append([])
+    cols["kind"].append("report")
+    cols["report_json"].append(json.dumps(report.to_dict()))
+    cols["task_index"].append(task_index)
+    cols["row_in_task"].append(-1)
     for i, row in enumerate(rows):
         rec = row.to_record()
         for k in row_fields:
@@ -41,12 +55,6 @@ def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) ->
         cols["report_json"].append("")
         cols["task_index"].append(task_index)
         cols["row_in_task"].append(i)
-    for k in row_fields:
-        cols[k].append([])
-    cols["kind"].append("report")
-    cols["report_json"].append(json.dumps(report.to_dict()))
-    cols["task_index"].append(task_index)
-    cols["row_in_task"].append(len(rows))
     return pa.table(cols, schema=ROW_SCHEMA)
 
 
@@ -73,22 +81,50 @@ class PrepareAndPack:
 
 
 def packed_dataset(files: list[str], data_cfg: DataConfig, settings: PackSettings):
-    """A lazy, streaming ``ray.data.Dataset`` of packed rows and per-task report rows."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from ray_rm.ray_utils import fail_fast_actors
+    """A lazy ``ray.data.Dataset`` of packed rows and per-task report rows over all read tasks, in seed order."""
+    from ray.data import DataContext
 
     data_cfg = resolve_max_length(data_cfg, settings.tokenizer_path)
     DataContext.get_current().execution_options.preserve_order = True
     tasks = ordered_tasks(files, data_cfg, settings.seed)
-    items = [{"task": json.dumps(t.to_dict()), "task_index": i} for i, t in enumerate(tasks)]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(
+    return tasks_dataset(list(enumerate(t.to_dict() for t in tasks)), data_cfg, settings, data_cfg.tokenize_actors)
+
+
+def tasks_dataset(tasks: list[tuple[int, dict]], data_cfg: DataConfig, settings: PackSettings, actors: int,
+                  window_bytes: int = 0, actor_cpus: float = 1.0):
+    """A lazy ``ray.data.Dataset`` over the given (task index, task dict) pairs, packed on an actor pool.
+
+    One block per task and ``preserve_order``: the stream is the tasks' rows in the given order. With
+    ``window_bytes`` the dataset's own executor may hold at most that many object-store bytes (its
+    ``resource_limits``): the streaming feed's window, which bounds memory whatever the data size.
+    ``actor_cpus``: the logical CPUs each pack actor asks for (train/feed_plan.stream_actor_cpus)."""
+    import ray
+    from ray.data import ActorPoolStrategy, ExecutionOptions, ExecutionResources
+
+    from ray_rm.ray_utils import fail_fast_actors
+
+    items = [{"task": json.dumps(t), "task_index": i} for i, t in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
         PrepareAndPack, fn_constructor_kwargs={"data_cfg": data_cfg, "settings": settings},
-        batch_size=1, compute=ActorPoolStrategy(size=max(1, min(data_cfg.tokenize_actors, len(tasks)))),
-        batch_format="numpy", num_cpus=1, **fail_fast_actors(),
+        batch_size=1, compute=ActorPoolStrategy(size=max(1, min(actors, len(items)))),
+        batch_format="numpy", num_cpus=actor_cpus, **fail_fast_actors(),
     )
+    if window_bytes:  # a training stream: bounded, and quiet in the worker's log
+        ds.context.execution_options = ExecutionOptions(
+            preserve_order=True, resource_limits=ExecutionResources(object_store_memory=window_bytes))
+        ds.context.enable_progress_bars = False
+    else:
+        ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def direct_task_records(tasks: list[tuple[int, dict]], encoder, data_cfg: DataConfig,
+                        settings: PackSettings) -> Iterator[dict]:
+    """The records ``tasks_dataset`` streams (each task's report row, then its packed rows), computed in this
+    process without Ray: the reference in tests, and the eval feed's source (eval shards are small)."""
+    for index, task in tasks:
+        yield from prepare_and_pack(ReadTask.from_dict(task), index, encoder, data_cfg, settings).to_pylist()
 
 
 def direct_packed_rows(files: list[str], data_cfg: DataConfig, settings: PackSettings) -> tuple[list[PackedRow], DropReport]:

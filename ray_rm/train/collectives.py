@@ -46,3 +46,10 @@ def barrier(group=None) -> None:
         dist.barrier(group=group, device_ids=[device.index])
     else:
         dist.barrier(group=group)
+
+
+def all_gather_objects(obj, group=None) -> list:
+    """Every rank's picklable ``obj``, in rank order (NCCL: through the current CUDA device, set per worker)."""
+    parts: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, obj, group=group)
+    return parts

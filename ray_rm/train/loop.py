@@ -8,6 +8,7 @@ let ranks diverge: ``ray.train.report`` is a barrier, so every rank calls it the
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -44,16 +45,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---- the data stream: this rank's packed rows, step by step
     feed = WorkerFeed.from_ray_train(loop_config, tc, rank.dp_size, rank.dp_rank)
-    total_steps = loop_config["total_steps"]
     if state.global_step == 0 and not state.done and tc.eval_every and feed.has_eval:
         report_baseline_eval(ctx, feed, writer)
 
-    # ---- the loop: one optimizer step per iteration; eval, checkpoint and early stop on schedule
+    # ---- the loop: one optimizer step per iteration; eval, checkpoint and early stop on schedule.
+    # The run ends after train.max_steps steps, or (max_steps = 0) after the last step of the last epoch:
+    # the feed streams, so it says which step ends an epoch (total_steps only shapes the LR schedule).
     stop = state.done
-    while not stop and state.global_step < total_steps:
-        for step_in_epoch, rows in feed.steps(state.epoch, state.step_in_epoch):
+    while not stop and (state.global_step < tc.max_steps if tc.max_steps else state.epoch < tc.num_epochs):
+        for step_in_epoch, rows, last_in_epoch in feed.steps(state.epoch, state.step_in_epoch):
             metrics = run_step(ctx, rows, state, step_in_epoch, tc, consumed)
-            if state.global_step >= total_steps:
+            if (state.global_step >= tc.max_steps if tc.max_steps
+                    else last_in_epoch and state.epoch + 1 >= tc.num_epochs):
                 writer.write(metrics, state.global_step)
                 stop = True  # the final checkpoint below reports this step
                 break
@@ -178,7 +181,8 @@ def final_eval_export_and_checkpoint(ctx: StepContext, feed: WorkerFeed, state: 
     final = dict(state.last_train)
     final.update({f"eval/rm/{k}": v for k, v in ev.items() if k in EVAL_KEYS})
     final.update({"global_step": state.global_step, "pairs_seen": state.pairs_seen,
-                  "tokens_seen": state.tokens_seen, "skipped_micro_batches": state.skipped_micro_batches})
+                  "tokens_seen": state.tokens_seen, "skipped_micro_batches": state.skipped_micro_batches,
+                  "data_summary_json": json.dumps(feed.data_summary())})  # a collective: every rank
     curves.record(state.curves, final)  # the final eval's point, saved with the final checkpoint
     lora = cfg.train.lora.r > 0
     weights = checkpointing.gathered_state_dict(ctx.engine, trainable_only=lora)  # a collective: every rank

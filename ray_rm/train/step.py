@@ -87,21 +87,22 @@ def train_step(ctx: StepContext, rows: list) -> dict:
     for batch, ok in zip(batches, real):
         loss, vector = _forward_loss(ctx, batch, factors if ok else None)
         reduced = [v / ctx.sp_size for v in all_reduce_tensor(vector).tolist()]
-        if reduced[0] > 0:  # some rank saw a non-finite loss or reward: every rank drops this micro-batch
+        skip = reduced[0] > 0  # some rank saw a non-finite loss or reward: every rank drops this micro-batch
+        if skip:
             if ctx.nan_policy == "raise":
                 raise NonFiniteLossError("non-finite loss or reward in a training micro-batch (train.nan_policy=raise)"
                                          f"; pairs: {batch.group_ids[:5]}")
             skipped += 1
             loss, _ = _forward_loss(ctx, _collate(ctx, None), None)
-            ok = False
         ctx.engine.backward(loss, scale_wrt_gas=False)  # loss_scale.py already made it the step's mean
         ctx.engine.step()
-        if ok:
+        if not skip:  # the reduced sums are global: count them on every rank, also one whose own row was empty
             sums["loss"] += mean_loss(layout, reduced[1:1 + len(layout)], counts)
             for k, value in zip(STAT_KEYS, reduced[1 + len(layout):]):
                 sums[k] += value
-            tokens += batch.num_real_tokens
-            n_rows += 1
+            if ok:
+                tokens += batch.num_real_tokens
+                n_rows += 1
     tokens_all, rows_all = all_reduce_floats([tokens, n_rows])
     sums.update(tokens=tokens_all / ctx.sp_size, rows=rows_all / ctx.sp_size, skipped=float(skipped),
                 seconds=time.perf_counter() - t0)
