@@ -116,7 +116,8 @@ def run_prm_demo(output_dir: str = "outputs/demo-prm", quick: bool = False, over
     train_s = time.time() - t0
     after = _eval(root, "eval_after", train["hf_checkpoint"], size)
     plot_before_after(before, after, root / "prm_demo.png")
-    keep = ("step_accuracy", "first_error_f1", "processbench", "best_of_n", "solutions", "steps")
+    keep = ("step_accuracy", "step_accuracy_through_first_error", "first_error_f1", "processbench", "best_of_n",
+            "solutions", "steps")
     result = {"before": {k: before[k] for k in keep}, "after": {k: after[k] for k in keep},
               "train": {"hf_checkpoint": train["hf_checkpoint"], "steps": train["steps"], "wall_time_s": round(train_s, 1)},
               "figure": str(root / "prm_demo.png"), "reliability_plot": str(root / "eval_after" / "prm_reliability.png"),
@@ -124,7 +125,7 @@ def run_prm_demo(output_dir: str = "outputs/demo-prm", quick: bool = False, over
     (root / "prm_demo_summary.json").write_text(json.dumps(result, indent=2, default=str))
     lines = [f"\n[ray_rm demo --prm] finished in {result['total_s']:.0f}s ({train['steps']} training steps, "
              f"{after['solutions']} held-out solutions, {after['steps']} steps)"]
-    for key, name in METRICS:
+    for key, name in (*METRICS, ("step_accuracy_through_first_error", "step acc. <= 1st error")):
         lines.append(f"  {name:16s} {_value(before, key):.3f} before -> {_value(after, key):.3f} after")
     lines.append(f"  figure {result['figure']}   summary {root / 'prm_demo_summary.json'}")
     print("\n".join(lines), flush=True)

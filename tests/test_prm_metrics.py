@@ -69,6 +69,11 @@ def test_step_accuracy_skips_unlabelled_steps():
     assert step_accuracy(s, labels, threshold=0.3) == pytest.approx(0.25)
     assert step_accuracy(s, [[True] * 3, [False] * 2], threshold=0.95) == pytest.approx(2 / 5)
     assert math.isnan(step_accuracy([], []))
+    # through the first error only: the steps after a False label are not counted
+    two = [scores(0.9, 0.2, 0.8, 0.7), scores(0.6, 0.4)]
+    two_labels = [[True, False, False, False], [True, True]]
+    assert step_accuracy(two, two_labels) == pytest.approx(3 / 6)  # hits: 0.9, 0.2 | 0.6
+    assert step_accuracy(two, two_labels, through_first_error=True) == pytest.approx(3 / 4)
     assert math.isnan(step_accuracy([scores(0.9)], [[None]]))
     with pytest.raises(ValueError, match="2 step scores but 3 labels"):
         step_accuracy([scores(0.9, 0.1)], [[True, True, True]])

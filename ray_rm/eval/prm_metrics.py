@@ -92,8 +92,13 @@ def best_of_n(solution_scores, how: str = "min") -> int:
     return int(np.argmax(rewards))
 
 
-def step_accuracy(scores_list, labels_list, threshold: float = 0.5) -> float:
-    """Share of labelled steps whose prediction (p >= threshold means correct) matches the label."""
+def step_accuracy(scores_list, labels_list, threshold: float = 0.5, through_first_error: bool = False) -> float:
+    """Share of labelled steps whose prediction (p >= threshold means correct) matches the label.
+
+    ``through_first_error``: count each solution's steps only up to and including its first False label
+    (ProcessBench's scope). Why a second figure: Math-Shepherd-style labels mark every step after a first
+    error wrong, though such a step may compute correctly from the wrong value; a PRM trained on first
+    errors calls those right, which the plain figure counts as misses."""
     hits, n = 0, 0
     for s, labels in _pairs(scores_list, labels_list):
         predicted = sigmoid(s) >= threshold
@@ -101,6 +106,8 @@ def step_accuracy(scores_list, labels_list, threshold: float = 0.5) -> float:
             if label is not None:
                 hits += int(bool(pred) == bool(label))
                 n += 1
+            if through_first_error and label is False:
+                break
     return hits / n if n else math.nan
 
 

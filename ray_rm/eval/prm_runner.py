@@ -91,6 +91,7 @@ def prm_metrics(rows: list[dict], threshold: float = 0.5, aggregation: str = "mi
     bon_rows = [r for r in rows if len(r["scores"]) > 1 and any(all(x is True for x in lab) for lab in r["labels"])]
     picks = [all(x is True for x in r["labels"][M.best_of_n(r["scores"], aggregation)]) for r in bon_rows]
     return {"step_accuracy": M.step_accuracy(scores, labels, threshold),
+            "step_accuracy_through_first_error": M.step_accuracy(scores, labels, threshold, through_first_error=True),
             "processbench": bench, "first_error_f1": bench["f1"],
             "best_of_n": {"aggregation": aggregation, "rows": len(bon_rows),
                           "accuracy": sum(picks) / len(picks) if picks else math.nan},
