@@ -31,7 +31,8 @@ def step_metrics(sums: dict, engine, pack_tokens: int, state) -> dict:
         "train/rm/lr": float(engine.get_lr()[0]),
         "train/rm/grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
         "train/rm/tokens_per_s": sums["tokens"] / sums["seconds"],
-        "train/rm/pairs_per_s": sums["pairs"] / sums["seconds"],
+        # NaN (left out of the progress line) when the step held no pairs: a PRM or rated-only run
+        "train/rm/pairs_per_s": sums["pairs"] / sums["seconds"] if sums["pairs"] else math.nan,
         "train/rm/real_token_fraction": sums["tokens"] / (rows * pack_tokens),
         "train/rm/skipped_micro_batches": float(state.skipped_micro_batches),
         "train/rm/peak_memory_gb": sums["peak_memory_gb"],
