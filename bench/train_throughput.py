@@ -56,7 +56,7 @@ def load_groups(pairs: int, max_len: int):
     groups = []
     for task in plan_read_tasks([str(HH_TRAIN)], 10_000, cfg.limit):
         groups += process_task(task, encoder, cfg, share_prompt=True)[0]
-    return groups[:pairs], encoder.tokenizer
+    return groups[:pairs]
 
 
 def timed_steps(step_fn, batches, warmup: int):
@@ -256,7 +256,7 @@ def main() -> None:
     result.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch "
                    f"{torch.__version__}", "config": vars(args) | {"warmup_steps": warmup}})
     if args.only in ("all", "layouts"):
-        groups, tokenizer = load_groups(args.pairs, args.max_len)
+        groups = load_groups(args.pairs, args.max_len)
         k = args.pairs_per_step
         chunks = [groups[i:i + k] for i in range(0, len(groups) - k + 1, k)][:args.steps]
         if len(chunks) <= warmup:
