@@ -236,6 +236,14 @@ def ray_cpu_seconds() -> float:
     return total
 
 
+def batching_counts(url: str) -> dict:
+    """ray_rm's ``GET /v1/stats`` (one replica: the bench's default), first ensemble member."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v1/stats", timeout=30) as resp:
+        return json.loads(resp.read())["members"][0]
+
+
 def measure(servers: Servers, texts: list[str], levels) -> tuple[dict, dict]:
     """Per level, alternate rounds (baseline, ray_rm, baseline, ...) so load from other processes on the
     machine hits both sides alike; a round is ``concurrency`` requests (4 at concurrency 1)."""
@@ -247,6 +255,7 @@ def measure(servers: Servers, texts: list[str], levels) -> tuple[dict, dict]:
         size = max(concurrency, 4)
         acc = {name: {"wall": 0.0, "lat": [], "rewards": []} for name in servers.urls}
         level_texts = sample_pairs(texts, n)
+        counts_before = batching_counts(servers.urls["ray_rm"])
         for start in range(0, n, size):
             chunk = level_texts[start:min(n, start + size)]
             for name, url in servers.urls.items():
@@ -257,11 +266,16 @@ def measure(servers: Servers, texts: list[str], levels) -> tuple[dict, dict]:
                 acc[name]["wall"] += res["wall_s"]
                 acc[name]["lat"] += res["_latencies"]
                 acc[name]["rewards"] += res["_rewards"]
+        counts = {k: v - counts_before[k] for k, v in batching_counts(servers.urls["ray_rm"]).items()
+                  if k in counts_before and isinstance(v, int)}
         for name, a in acc.items():
             lat = sorted(a["lat"])
             row = {"concurrency": concurrency, "requests": n, "wall_s": round(a["wall"], 3),
                    "requests_per_s": round(n / a["wall"], 3), "p50_s": round(percentile(lat, 0.5), 3),
                    "p99_s": round(percentile(lat, 0.99), 3), "_rewards": a["rewards"]}
+            if name == "ray_rm" and servers.cfg.num_replicas == 1:  # /v1/stats answers for one replica
+                row["forwards"] = counts["batches"]
+                row["requests_per_forward"] = round(counts["requests"] / max(1, counts["batches"]), 2)
             results[name].append(row)
             print(f"  {name:8s} c={concurrency:3d} n={n:4d}: {row['requests_per_s']:7.2f} req/s  "
                   f"p50 {row['p50_s']:.3f}s p99 {row['p99_s']:.3f}s", file=sys.stderr, flush=True)
@@ -279,6 +293,10 @@ def plot(report: dict, path: Path) -> None:
         rows = report[name]["levels"]
         c = [r["concurrency"] for r in rows]
         ax1.plot(c, [r["requests_per_s"] for r in rows], style, label=name)
+        for r in rows:
+            if "requests_per_forward" in r:  # what cross-request batching merged at this level
+                ax1.annotate(f"{r['requests_per_forward']} req/fwd", (r["concurrency"], r["requests_per_s"]),
+                             textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax2.plot(c, [r["p50_s"] for r in rows], style, label=f"{name} p50")
         ax2.plot(c, [r["p99_s"] for r in rows], style, alpha=0.5, label=f"{name} p99")
     for ax, label in ((ax1, "requests / s"), (ax2, "latency (s)")):

@@ -171,6 +171,7 @@ def test_auth_on_and_off(server):
         assert httpx.post(f"{server}/auth/v1/score", json=body, headers={"Authorization": header}).status_code == 401
     assert httpx.post(f"{server}/auth/get_reward", json={"query": ["hi"]}).status_code == 401
     assert httpx.get(f"{server}/auth/v1/models").status_code == 401
+    assert httpx.get(f"{server}/auth/v1/stats").status_code == 401
     ok = httpx.post(f"{server}/auth/v1/score", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and len(ok.json()["rewards"]) == 1
     assert httpx.get(f"{server}/auth/healthz").status_code == 200  # probes carry no token
@@ -325,6 +326,30 @@ def test_64_concurrent_clients_all_answered_correctly(server, ref):
     assert all(r.status_code == 200 for r in responses)
     got = [r.json()["rewards"][0] for r in responses]
     assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-4
+
+
+def test_stats_count_every_request_and_concurrent_requests_share_forwards(server):
+    """``/v1/stats`` (one replica, two ensemble members): 16 concurrent requests are all counted, in fewer
+    forwards than requests, i.e. the batcher merged requests from different clients."""
+    def stats() -> list[dict]:
+        r = httpx.get(f"{server}/ens/v1/stats", timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["members"]
+
+    before = stats()
+
+    async def clients():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(client.post(f"{server}/ens/v1/score", json={"inputs": [{"text": f"t {i}"}]})
+                                          for i in range(16)))
+
+    assert all(r.status_code == 200 for r in asyncio.run(clients()))
+    after = stats()
+    assert len(after) == 2
+    for b, a in zip(before, after):
+        assert a["requests"] - b["requests"] == 16 and a["sequences"] - b["sequences"] == 16
+        assert 1 <= a["batches"] - b["batches"] < 16
+        assert a["requests_per_batch"] == round(a["requests"] / a["batches"], 3)
 
 
 def test_ray_actors_call_through_the_handle(server, ray_local, ref):

@@ -58,7 +58,9 @@ class TokenBatcher:
         self._own_executor = executor is None  # a shared executor (ensembles) is closed by its owner
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-forward")
         self._closed = False
-        self.stats = {"batches": 0, "sequences": 0, "distinct": 0, "tokens": 0}
+        # Since start: forwards run, request parts batched into them, sequences, distinct sequences after
+        # duplicate merging, and tokens run. ``requests / batches`` is what cross-request batching buys.
+        self.stats = {"batches": 0, "requests": 0, "sequences": 0, "distinct": 0, "tokens": 0}
 
     # ------------------------------------------------------------------ public
     async def score(self, seqs: list) -> list[float]:
@@ -160,6 +162,7 @@ class TokenBatcher:
                 groups, rep = plan_groups(seqs, share_prefix=self.share_prefix, min_shared=self.min_shared,
                                           max_group_tokens=self.max_group_tokens)
                 rewards = await loop.run_in_executor(self._executor, self._run, seqs, groups)
+                self.stats["requests"] += len(batch)
                 values = [rewards[rep[i]] for i in range(len(seqs))]
             except asyncio.CancelledError:
                 for job in batch:

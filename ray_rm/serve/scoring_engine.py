@@ -97,6 +97,15 @@ class ScoringEngine:
                 **({"attributes": self.attribute_names, "attribute_weights": first.attribute_weights}
                    if self.attribute_names else {})}
 
+    def batching_stats(self) -> list[dict]:
+        """Per member, since the replica started: forwards, request parts per forward, sequences, tokens."""
+        out = []
+        for b in self.batchers:
+            st = dict(b.stats)
+            st["requests_per_batch"] = round(st["requests"] / st["batches"], 3) if st["batches"] else 0.0
+            out.append(st)
+        return out
+
     def check(self) -> None:
         for b in self.batchers:
             b.check()

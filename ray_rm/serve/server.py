@@ -8,6 +8,7 @@ Routes (under the application's route prefix):
   * ``POST /classify`` (and ``/v1/classify``), ``/v1/embeddings``, ``/pooling``   vLLM/SGLang-compatible
                          pooling bodies for verl's reward loop (``vllm_api``)
   * ``GET /healthz``     liveness (no auth: probes carry no token), ``GET /v1/models`` the model card
+  * ``GET /v1/stats``    this replica's batching since it started: forwards, requests per forward, tokens
 Every user mistake is a 4xx with ``{"error": message}``; the body is read with a hard size cap before
 parsing. With a token configured, scoring and model routes need ``Authorization: Bearer <token>``.
 In-cluster callers use the ``score`` method through a ``DeploymentHandle`` (same validation, no HTTP).
@@ -110,6 +111,12 @@ class RewardServer:
         self._authorize(request)
         return {"object": "list", "data": [self.engine.describe()]}
 
+    @api.get("/v1/stats")
+    async def stats(self, request: Request) -> dict:
+        """Answered by whichever replica Serve routes to: with several replicas, poll more than once."""
+        self._authorize(request)
+        return self.batching_stats()
+
     @api.post("/v1/score")
     async def v1_score(self, request: Request) -> dict:
         body = await self._body(request)
@@ -154,6 +161,12 @@ class RewardServer:
             return await self.engine.score(req)
         except InputError as exc:
             return {"error": str(exc), "status": exc.status}
+
+    def batching_stats(self) -> dict:
+        """``/v1/stats`` for handle callers: one entry per ensemble member, and the replica's actor id."""
+        from ray import get_runtime_context
+
+        return {"replica": get_runtime_context().get_actor_id(), "members": self.engine.batching_stats()}
 
     # ------------------------------------------------------------------ Serve lifecycle
     def check_health(self) -> None:
