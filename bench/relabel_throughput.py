@@ -30,25 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from random_head_rm import random_head_rm  # noqa: E402  (bench/ is the script's own directory)
 HH_TEST = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl"
 RESULTS = REPO / "bench" / "results"
-
-
-def export_bench_model() -> str:
-    from ray_rm.assets import cache_dir, resolve_model_path
-    from ray_rm.config_schema import ModelConfig
-    from ray_rm.model.build import build_reward_model
-    from ray_rm.model.export import export_hf
-
-    out = cache_dir() / "bench" / "smollm2-135m-rm-randhead"
-    if not (out / "config.json").is_file():
-        model = build_reward_model(ModelConfig(name_or_path="smollm2-135m-instruct"), seed=0)
-        tmp = out.with_name(out.name + ".tmp")
-        export_hf(model, resolve_model_path("smollm2-135m-instruct"), tmp,
-                  {"chat_template": "auto", "max_length": 1024, "reward_mean": 0.0,
-                   "reward_std": 1.0})
-        os.replace(tmp, out)
-    return str(out)
 
 
 def write_candidates(path: Path, rows: int) -> None:
@@ -169,7 +153,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.cpus)
-    model_path = args.reward_model or export_bench_model()
+    model_path = args.reward_model or random_head_rm(max_length=1024)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "candidates.jsonl"

@@ -28,28 +28,14 @@ import threading
 import time
 from pathlib import Path
 
+from random_head_rm import random_head_rm  # bench/ is the script's own directory
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl"
 RESULTS = REPO / "bench" / "results"
-MODEL_DIR = Path(os.path.expanduser("~/.cache/ray_rm/bench/smollm2_rm"))
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def ensure_model(path: Path = MODEL_DIR) -> str:
-    """Export SmolLM2-135M-Instruct with a random value head once (throughput does not need a trained head)."""
-    if not (path / "config.json").exists():
-        from ray_rm.assets import resolve_model_path
-        from ray_rm.config_schema import ModelConfig
-        from ray_rm.model.build import build_reward_model
-        from ray_rm.model.export import export_hf
-
-        model = build_reward_model(ModelConfig(name_or_path="smollm2-135m-instruct"), seed=0)
-        export_hf(model, resolve_model_path("smollm2-135m-instruct"), path,
-                  {"chat_template": "auto", "max_length": 2048,
-                   "reward_mean": 0.0, "reward_std": 1.0})
-    return str(path)
-
-
 def load_rollouts(n: int) -> list[str]:
     """n full texts: each prompt's two responses back to back, as a PPO actor with 2 samples per prompt sends."""
     from ray_rm.data.formats import normalize_row
@@ -334,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     levels = list(zip(map(int, args.concurrency.split(",")), map(int, args.requests.split(","))))
-    model = args.reward_model or ensure_model()
+    model = args.reward_model or random_head_rm(max_length=2048)
     texts = load_rollouts(max(n for _, n in levels))
     started = time.time()
     load_before = os.getloadavg()
@@ -376,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict:
     (results / "serve_throughput.json").write_text(json.dumps(report, indent=2))
     plot(report, results / "serve_throughput.png")
     print(json.dumps(report, indent=2))
+    if report["max_abs_reward_diff_vs_baseline"] > 1e-3:  # a speed ratio of servers computing different things
+        raise SystemExit(f"the two servers' rewards differ by up to {report['max_abs_reward_diff_vs_baseline']:.3g}:"
+                         " the throughput comparison is not valid (see the JSON)")
     return report
 
 

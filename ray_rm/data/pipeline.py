@@ -29,8 +29,7 @@ from ray_rm.data.sources import ReadTask
 from ray_rm.errors import DataError
 from ray_rm.packed import PackedRow, packed_row_fields, packed_row_schema
 
-_STREAM_COLUMNS = [("kind", pa.string()), ("report_json", pa.string()), ("task_index", pa.int64()),
-                   ("row_in_task", pa.int64())]
+_STREAM_COLUMNS = [("kind", pa.string()), ("report_json", pa.string()), ("task_index", pa.int64())]
 ROW_SCHEMA = packed_row_schema(_STREAM_COLUMNS)  # packed rows' own columns come from ray_rm/packed.py
 
 
@@ -46,15 +45,13 @@ def rows_to_table(rows: list[PackedRow], report: DropReport, task_index: int) ->
     cols["kind"].append("report")
     cols["report_json"].append(json.dumps(report.to_dict()))
     cols["task_index"].append(task_index)
-    cols["row_in_task"].append(-1)
-    for i, row in enumerate(rows):
+    for row in rows:
         rec = row.to_record()
         for k in row_fields:
             cols[k].append(rec[k])
         cols["kind"].append("packed")
         cols["report_json"].append("")
         cols["task_index"].append(task_index)
-        cols["row_in_task"].append(i)
     return pa.table(cols, schema=ROW_SCHEMA)
 
 
