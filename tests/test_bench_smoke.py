@@ -23,7 +23,8 @@ def run_bench(script: str, out: Path, *args: str) -> dict:
 
 def test_train_throughput_bench_runs(tmp_path, tiny_decoder_dir):
     result = run_bench("train_throughput", tmp_path, "--pairs", "8", "--pairs-per-step", "4", "--steps", "2",
-                       "--max-len", "256", "--pack-tokens", "512", "--job-steps", "2", "--job-warmup", "1", "--model", tiny_decoder_dir)
+                       "--max-len", "256", "--pack-tokens", "512", "--job-steps", "2", "--job-warmup", "1",
+                       "--model", tiny_decoder_dir)
     same = result["same_pairs_per_step"]
     assert {"padded", "packed", "shared"} <= set(same) and all(v["pairs_per_s"] > 0 for v in same.values())
     rows = result["same_packed_rows"]
