@@ -200,6 +200,35 @@ def run_job(data_file: Path, pack_tokens: int, max_len: int, steps: int, warmup:
             "wall_time_s_incl_startup": summary["wall_time_s"]}
 
 
+def measure_layouts(chunks, warmup: int) -> dict:
+    """Same pairs per step, in this process: padded vs packed vs packed with the prompt shared."""
+    same = {"padded": run_padded(chunks, warmup)}
+    same["padded"]["peak_rss_gb_so_far"] = round(peak_rss_gb(), 2)
+    same["packed"] = run_packed(chunks, False, warmup)
+    same["shared"] = run_packed(chunks, True, warmup)
+    padded = same["padded"]["pairs_per_s"]
+    return {"same_pairs_per_step": same,
+            "shared_vs_padded_pairs_per_s": round(same["shared"]["pairs_per_s"] / padded, 2),
+            "packed_vs_padded_pairs_per_s": round(same["packed"]["pairs_per_s"] / padded, 2)}
+
+
+def measure_overhead(args) -> dict:
+    """Same packed rows: the real job first (its local cluster stopped after it), then padded and bare here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_file = Path(tmp) / "pairs.jsonl"
+        lines = HH_TRAIN.read_text().splitlines()
+        data_file.write_text("\n".join(lines[: args.pairs * 2]))
+        rows, row_groups = job_rows(data_file, args.pack_tokens, args.max_len)
+        job_order = rows[: args.job_steps]  # the job's first-epoch order
+        job = run_job(data_file, args.pack_tokens, args.max_len, args.job_steps, args.job_warmup, Path(tmp))
+        padded = run_padded(row_groups[: args.job_steps], args.job_warmup)
+        bare = run_bare(job_order, args.job_warmup)
+        bare["peak_rss_gb_process"] = round(peak_rss_gb(), 2)
+    return {"same_packed_rows": {"padded": padded, "bare": bare, "ray_rm": job},
+            "ray_rm_vs_bare": round(job["tokens_per_s"] / bare["tokens_per_s"], 3),
+            "ray_rm_vs_padded_pairs_per_s": round(job["pairs_per_s"] / padded["pairs_per_s"], 2)}
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -264,6 +293,12 @@ def main() -> None:
     result = json.loads(out_file.read_text()) if args.only != "all" and out_file.exists() else {}
     result.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch "
                    f"{torch.__version__}", "config": vars(args) | {"warmup_steps": warmup}})
+    # The job runs first, while this process is still small: after the in-process variants it holds ~10 GB of
+    # freed-but-kept allocator memory next to the job's worker on a 24 GB machine.
+    if args.only in ("all", "overhead"):
+        if args.job_steps <= args.job_warmup:
+            parser.error(f"--job-steps {args.job_steps} leaves no timed step after --job-warmup {args.job_warmup}")
+        result.update(measure_overhead(args))
     if args.only in ("all", "layouts"):
         groups = load_groups(args.pairs, args.max_len)
         k = args.pairs_per_step
@@ -271,32 +306,7 @@ def main() -> None:
         if len(chunks) <= warmup:
             parser.error(f"only {len(groups)} pairs fit in --max-len {args.max_len}: {len(chunks)} step(s) of "
                          f"{k} pairs, need more than {warmup} warmup step; raise --pairs or --max-len")
-        same = {"padded": run_padded(chunks, warmup)}
-        same["padded"]["peak_rss_gb_so_far"] = round(peak_rss_gb(), 2)
-        same["packed"] = run_packed(chunks, False, warmup)
-        same["shared"] = run_packed(chunks, True, warmup)
-        result["same_pairs_per_step"] = same
-        padded = same["padded"]["pairs_per_s"]
-        result["shared_vs_padded_pairs_per_s"] = round(same["shared"]["pairs_per_s"] / padded, 2)
-        result["packed_vs_padded_pairs_per_s"] = round(same["packed"]["pairs_per_s"] / padded, 2)
-    if args.only in ("all", "overhead"):
-        if args.job_steps <= args.job_warmup:
-            parser.error(f"--job-steps {args.job_steps} leaves no timed step after --job-warmup {args.job_warmup}")
-        with tempfile.TemporaryDirectory() as tmp:
-            data_file = Path(tmp) / "pairs.jsonl"
-            lines = HH_TRAIN.read_text().splitlines()
-            data_file.write_text("\n".join(lines[: args.pairs * 2]))
-            rows, row_groups = job_rows(data_file, args.pack_tokens, args.max_len)
-            job_order = rows[: args.job_steps]  # the job's first-epoch order
-            # The job runs first, while this process is still small: after the in-process variants it holds
-            # ~10 GB of freed-but-kept allocator memory next to the job's worker on a 24 GB machine.
-            job = run_job(data_file, args.pack_tokens, args.max_len, args.job_steps, args.job_warmup, Path(tmp))
-            padded = run_padded(row_groups[: args.job_steps], args.job_warmup)
-            bare = run_bare(job_order, args.job_warmup)
-            bare["peak_rss_gb_process"] = round(peak_rss_gb(), 2)
-        result["same_packed_rows"] = {"padded": padded, "bare": bare, "ray_rm": job}
-        result["ray_rm_vs_bare"] = round(job["tokens_per_s"] / bare["tokens_per_s"], 3)
-        result["ray_rm_vs_padded_pairs_per_s"] = round(job["pairs_per_s"] / padded["pairs_per_s"], 2)
+        result.update(measure_layouts(chunks, warmup))
     results.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(result, indent=2))
     plot(result, results / "train_throughput.png")
