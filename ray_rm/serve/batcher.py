@@ -161,8 +161,7 @@ class TokenBatcher:
             try:
                 groups, rep = plan_groups(seqs, share_prefix=self.share_prefix, min_shared=self.min_shared,
                                           max_group_tokens=self.max_group_tokens)
-                rewards = await loop.run_in_executor(self._executor, self._run, seqs, groups)
-                self.stats["requests"] += len(batch)
+                rewards = await loop.run_in_executor(self._executor, self._run, seqs, groups, len(batch))
                 values = [rewards[rep[i]] for i in range(len(seqs))]
             except asyncio.CancelledError:
                 for job in batch:
@@ -181,10 +180,12 @@ class TokenBatcher:
                     job.future.set_result(values[k:k + len(job.seqs)])
                 k += len(job.seqs)
 
-    def _run(self, seqs: list, groups: list[list[int]]) -> dict[int, float]:
-        """Model thread: score the planned groups, return {distinct index: reward}."""
+    def _run(self, seqs: list, groups: list[list[int]], requests: int) -> dict[int, float]:
+        """Model thread: score the planned groups (from ``requests`` request parts), return {distinct index:
+        reward}; the counters move only for a forward that succeeded."""
         out = self.run_groups([[seqs[i] for i in g] for g in groups])
         self.stats["batches"] += 1
+        self.stats["requests"] += requests
         self.stats["sequences"] += len(seqs)
         self.stats["distinct"] += sum(len(g) for g in groups)
         self.stats["tokens"] += sum(len(seqs[i]) for g in groups for i in g)
