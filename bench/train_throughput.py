@@ -16,6 +16,8 @@ AdamW. All variants run in one process invocation on the same pairs:
                configured; one worker without offload runs stage 0, see ray_rm/train/deepspeed_setup.py);
                pairs/s and tokens/s from its per-step metrics (same rows, same order)
   The issue-14 targets read from this section: ray_rm >= 0.90x bare (tokens/s) and >= 2.5x padded (pairs/s).
+  ``cpu_while_training`` says where the cores went in the job's steady phase: to its train worker, or to the
+  driver and Ray's processes beside it (``bench/ray_idle_floor.py`` measures what those cost a bare loop).
 
   python bench/train_throughput.py [--pairs 96] [--max-len 384] [--steps 6] [--job-steps 10] [--job-warmup 3]
 Prints JSON and writes bench/results/train_throughput.json and .png.
@@ -35,6 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from cpu_sampler import CpuSampler, busiest_window, cpu_split, find_pid  # noqa: E402
 HH_TRAIN = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
 RESULTS = REPO / "bench" / "results"
 MODEL = "smollm2-135m-instruct"  # --model replaces it (the smoke test uses a tiny random model)
@@ -165,9 +169,15 @@ def job_rows(data_file: Path, pack_tokens: int, max_len: int):
 
 
 def run_bare(rows, warmup):
-    times = timed_steps(ray_rm_step_fn(True), rows, warmup)
+    step = ray_rm_step_fn(True)
+    for row in rows[:warmup]:
+        step(row)
     timed = rows[warmup:]
-    return rate(times, [len(r.group_ids) for r in timed], [r.num_tokens for r in timed])
+    cpu0 = time.process_time()  # all of this process's threads: the cores the loop got, next to the job's
+    times = timed_steps(step, timed, 0)
+    out = rate(times, [len(r.group_ids) for r in timed], [r.num_tokens for r in timed])
+    out["process_cores"] = round((time.process_time() - cpu0) / sum(times), 3)
+    return out
 
 
 def run_job(data_file: Path, pack_tokens: int, max_len: int, steps: int, warmup: int, workdir: Path):
@@ -184,7 +194,8 @@ def run_job(data_file: Path, pack_tokens: int, max_len: int, steps: int, warmup:
         "train.lora.r=0", "train.lr=1e-5", f"train.max_steps={steps}", "train.checkpoint_every=0",
         "train.eval_every=0", "train.tensorboard=false", "train.warmup_ratio=0"])
     try:
-        summary = run_training(cfg)
+        with CpuSampler() as sampler:
+            summary = run_training(cfg)
     finally:
         shutdown_ray()  # stop the local cluster, so the in-process variants run on an otherwise idle machine
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -197,7 +208,16 @@ def run_job(data_file: Path, pack_tokens: int, max_len: int, steps: int, warmup:
             "tokens_per_s": round(tokens / seconds, 1),
             "step_s_median": round(statistics.median(m["train/rm/step_seconds"] for m in timed), 3),
             "peak_memory_gb_per_worker": round(max(m["train/rm/peak_memory_gb"] for m in metrics), 2),
-            "wall_time_s_incl_startup": summary["wall_time_s"]}
+            "wall_time_s_incl_startup": summary["wall_time_s"],
+            "cpu_while_training": cpu_while_training(sampler.snaps)}
+
+
+def cpu_while_training(snaps: list) -> dict:
+    """Cores the train worker got in its steady phase, and what every other process (driver, Ray) took."""
+    worker = find_pid(snaps, "RayTrainWorker")
+    if worker is None:
+        return {}
+    return cpu_split(snaps, worker, *busiest_window(snaps, worker))
 
 
 def measure_layouts(chunks, warmup: int) -> dict:
@@ -224,9 +244,15 @@ def measure_overhead(args) -> dict:
         padded = run_padded(row_groups[: args.job_steps], args.job_warmup)
         bare = run_bare(job_order, args.job_warmup)
         bare["peak_rss_gb_process"] = round(peak_rss_gb(), 2)
-    return {"same_packed_rows": {"padded": padded, "bare": bare, "ray_rm": job},
-            "ray_rm_vs_bare": round(job["tokens_per_s"] / bare["tokens_per_s"], 3),
-            "ray_rm_vs_padded_pairs_per_s": round(job["pairs_per_s"] / padded["pairs_per_s"], 2)}
+    out = {"same_packed_rows": {"padded": padded, "bare": bare, "ray_rm": job},
+           "ray_rm_vs_bare": round(job["tokens_per_s"] / bare["tokens_per_s"], 3),
+           "ray_rm_vs_padded_pairs_per_s": round(job["pairs_per_s"] / padded["pairs_per_s"], 2)}
+    worker_cores = job["cpu_while_training"].get("process_cores")
+    if worker_cores:  # job/bare = (cores the worker got / cores bare got) x (tokens per core-second, job / bare)
+        cores = worker_cores / bare["process_cores"]
+        out["ray_rm_vs_bare_split"] = {"cores": round(cores, 3),
+                                       "tokens_per_core_second": round(out["ray_rm_vs_bare"] / cores, 3)}
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
@@ -257,6 +283,11 @@ def plot(result: dict, path: Path) -> None:
         axes[1].text(i, rows[n]["pairs_per_s"], f"{rows[n]['pairs_per_s'] / rows['padded']['pairs_per_s']:.2f}x",
                      ha="center", va="bottom")
     axes[1].set_title(f"pairs/s, the job's rows (job/bare tokens/s {result['ray_rm_vs_bare']:.2f}x)")
+    cpu = rows["ray_rm"].get("cpu_while_training")
+    if cpu:
+        axes[1].set_xlabel(f"while training, the job's worker got {cpu['process_cores']:.2f} cores; the driver and "
+                           f"{cpu['ray_worker_processes_beside']} Ray worker processes\n(+ GCS, raylet, dashboard) "
+                           f"took {cpu['other_cores']:.2f}; the bare loop got {rows['bare'].get('process_cores', NAN):.2f}")
     fig.suptitle(f"{Path(MODEL).name} fwd+bwd, fp32, {result['machine']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
