@@ -29,6 +29,7 @@ COVERED_BY = {
     "python bench/serve_throughput.py": "tests/test_bench_smoke.py::test_serve_throughput_bench_runs",
     "python bench/relabel_throughput.py": "tests/test_bench_smoke.py::test_relabel_throughput_bench_runs",
     "python bench/sp_uneven_heads.py": "tests/test_bench_smoke.py::test_sp_uneven_heads_bench_runs",
+    "python bench/ray_idle_floor.py": "tests/test_bench_smoke.py::test_ray_idle_floor_bench_runs",
     "python jobs/check_export.py": "tests/test_export_check.py::test_check_export_command",
     "python -m pytest -q -m slow": "tests/test_readme.py::test_make_targets_run_the_readme_test_commands",
     "python3 -m verl.trainer.main_ppo":
