@@ -285,9 +285,9 @@ def plot(result: dict, path: Path) -> None:
     axes[1].set_title(f"pairs/s, the job's rows (job/bare tokens/s {result['ray_rm_vs_bare']:.2f}x)")
     cpu = rows["ray_rm"].get("cpu_while_training")
     if cpu:
-        axes[1].set_xlabel(f"while training, the job's worker got {cpu['process_cores']:.2f} cores; the driver and "
-                           f"{cpu['ray_worker_processes_beside']} Ray worker processes\n(+ GCS, raylet, dashboard) "
-                           f"took {cpu['other_cores']:.2f}; the bare loop got {rows['bare'].get('process_cores', NAN):.2f}")
+        axes[1].set_xlabel(f"cores while training: job's worker {cpu['process_cores']:.2f}, bare loop "
+                           f"{rows['bare'].get('process_cores', NAN):.2f};\nthe driver + {cpu['ray_worker_processes_beside']}"
+                           f" Ray processes (+ GCS, raylet, dashboard) {cpu['other_cores']:.2f}")
     fig.suptitle(f"{Path(MODEL).name} fwd+bwd, fp32, {result['machine']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
