@@ -5,7 +5,8 @@ CPU seconds do not vary like that. They show where the cores went: to the traini
 processes beside it (Ray's GCS, raylet, dashboard and idle actors, each of whose main threads wakes every
 10 ms to check for signals, a period hard-coded in Ray's core worker).
 
-Used by ``train_throughput.py`` (the job's worker vs everything else) and ``ray_idle_floor.py`` (a bare
+Every process on the machine counts, as it competes for the same cores: run the benches on an otherwise idle
+machine. Used by ``train_throughput.py`` (the job's worker vs everything else) and ``ray_idle_floor.py`` (a bare
 loop beside an idle Ray cluster).
 """
 from __future__ import annotations
@@ -96,10 +97,12 @@ def cpu_split(snaps: list, pid: int, first: int = 0, last: int = -1, top: int = 
 
 
 def find_pid(snaps: list, label_part: str) -> int | None:
-    """The pid whose label contains ``label_part`` in the most snapshots (e.g. "RayTrainWorker")."""
-    counts: dict[int, int] = {}
+    """The busiest process started inside the sampled span whose label contains ``label_part`` (e.g.
+    "RayTrainWorker"): the sampled job's own, not one of another cluster running at the same time."""
+    first = snaps[0][1]
+    cpu: dict[int, float] = {}
     for _, procs in snaps:
-        for p, (label, _) in procs.items():
-            if label_part in label:
-                counts[p] = counts.get(p, 0) + 1
-    return max(counts, key=counts.get) if counts else None
+        for p, (label, used) in procs.items():
+            if label_part in label and p not in first:
+                cpu[p] = max(cpu.get(p, 0.0), used)
+    return max(cpu, key=cpu.get) if cpu else None

@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="bare-loop steps per point (the first --warmup untimed)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=96, help="hh-rlhf pairs packed into the job's rows")
+    parser.add_argument("--pack-tokens", type=int, default=2048, help="row token budget (train_throughput's default)")
     parser.add_argument("--model", default=None, help="model (default SmolLM2-135M-Instruct; the smoke uses a tiny one)")
     parser.add_argument("--results-dir", default=str(RESULTS))
     parser.add_argument("--background", type=int, default=None, help=argparse.SUPPRESS)
@@ -149,8 +150,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("\n".join(tt.HH_TRAIN.read_text().splitlines()[: args.pairs * 2]))
-        rows, _ = tt.job_rows(data, 2048, 384)
+        rows, _ = tt.job_rows(data, args.pack_tokens, 384)
     rows = rows[: args.steps]
+    if len(rows) <= args.warmup:
+        parser.error(f"{args.pairs} pairs pack into {len(rows)} row(s) of {args.pack_tokens} tokens: no timed step "
+                     f"after --warmup {args.warmup}; raise --pairs or lower --pack-tokens")
     step = tt.ray_rm_step_fn(True)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
               "config": vars(args), "no_ray_first": measure(step, rows, args.warmup), "beside_ray_cluster": []}

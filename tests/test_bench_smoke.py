@@ -31,20 +31,23 @@ def test_train_throughput_bench_runs(tmp_path, tiny_decoder_dir):
     assert rows["ray_rm"]["steps"] == 1 and result["ray_rm_vs_bare"] > 0
     # padded, bare and the job train the same pairs in each timed step
     assert rows["padded"]["pairs"] == rows["bare"]["pairs"] == rows["ray_rm"]["pairs"] > 0
-    # the CPU split found the job's train worker, and Ray Train's controller among the processes beside it
+    # the CPU split found the job's train worker, and Ray Train's controller among the processes beside it (the
+    # split is machine-wide: other clusters' processes, e.g. a test session's, may be counted too)
     cpu = rows["ray_rm"]["cpu_while_training"]
-    assert cpu["process_cores"] > 0 and cpu["ray_worker_processes_by_name"].get("ray::TrainController") == 1
+    assert cpu["process_cores"] > 0 and cpu["ray_worker_processes_by_name"].get("ray::TrainController", 0) >= 1
 
 
 def test_ray_idle_floor_bench_runs(tmp_path, tiny_decoder_dir):
-    result = run_bench("ray_idle_floor", tmp_path, "--actors", "0,3", "--pairs", "8", "--steps", "2",
+    result = run_bench("ray_idle_floor", tmp_path, "--actors", "0,3", "--pairs", "8", "--pack-tokens", "512", "--steps", "2",
                        "--model", tiny_decoder_dir)
     points = {p["idle_actors"]: p for p in result["beside_ray_cluster"]}
     assert set(points) == {0, 3} and result["no_ray"]["tokens_per_s"] > 0
-    assert result["no_ray_first"]["ray_processes_beside"] == 0  # no Ray anywhere for the baseline
-    # the idle actors really ran beside the loop, and each wakes often: Ray's 10 ms signal check (100/s) at least
+    # the bench's idle actors ran beside the loop only where asked (the counts are machine-wide, so other Ray
+    # processes, e.g. a test session's cluster, are not asserted on), and each wakes often: Ray's 10 ms signal
+    # check alone is 100 a second
     assert points[3]["ray_processes_by_name"].get("ray::IdleActor") == 3
     assert "ray::IdleActor" not in points[0]["ray_processes_by_name"]
+    assert "ray::IdleActor" not in result["no_ray_first"]["ray_processes_by_name"]
     assert points[3]["idle_actor_context_switches_per_s"] >= 80
     assert points[0]["idle_actor_context_switches_per_s"] is None
 
