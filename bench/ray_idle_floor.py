@@ -62,17 +62,17 @@ def context_switches(pid: int) -> int:
 
 def measure(step, rows, warmup: int) -> dict:
     """Time the bare loop's steps after ``warmup``, with the CPU split of that window."""
-    from cpu_sampler import CpuSampler, cpu_split
+    from cpu_sampler import cpu_split, snapshot
 
     for row in rows[:warmup]:
         step(row)
     tokens = sum(r.num_tokens for r in rows[warmup:])
-    with CpuSampler(interval=60.0) as sampler:  # only the two end snapshots matter here
-        t0 = time.perf_counter()
-        for row in rows[warmup:]:
-            step(row)
-        seconds = time.perf_counter() - t0
-    split = cpu_split(sampler.snaps, os.getpid())
+    before = snapshot()
+    t0 = time.perf_counter()
+    for row in rows[warmup:]:
+        step(row)
+    seconds = time.perf_counter() - t0
+    split = cpu_split([before, snapshot()], os.getpid())
     return {"tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 2),
             "this_process_cores": split["process_cores"], "other_cores": split["other_cores"],
             "ray_processes_beside": split["ray_worker_processes_beside"],
