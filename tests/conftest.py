@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny_models import save_pretrained_with_tokenizer, save_tiny_decoder
+
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests set the mode explicitly (GUIDE §2)
@@ -79,39 +81,18 @@ def tokenizer_dir() -> str:
     return resolve_model_path("smollm2-135m-instruct")
 
 
-def _save_tiny(path: Path, model, tokenizer_dir: str | None) -> str:
-    model.save_pretrained(path)
-    if tokenizer_dir:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="session")
 def tiny_decoder_dir(tmp_path_factory, tokenizer_dir) -> str:
     """A 2-layer Llama (GQA: 4 heads, 2 kv heads) with SmolLM2's tokenizer and vocabulary."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
-    return _save_tiny(tmp_path_factory.mktemp("tiny_decoder"), LlamaForCausalLM(cfg), tokenizer_dir)
+    return save_tiny_decoder(tmp_path_factory.mktemp("tiny_decoder"), "llama", tokenizer_dir, seed=0,
+                             hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 
 
 @pytest.fixture(scope="session")
 def tiny_gqa1_decoder_dir(tmp_path_factory, tokenizer_dir) -> str:
     """A 2-layer Llama with a single kv head (kv heads < sequence-parallel size)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=4096,
-                      eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
-    return _save_tiny(tmp_path_factory.mktemp("tiny_gqa1"), LlamaForCausalLM(cfg), tokenizer_dir)
+    return save_tiny_decoder(tmp_path_factory.mktemp("tiny_gqa1"), "llama", tokenizer_dir, seed=1,
+                             hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1)
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +112,7 @@ def tiny_encoder_dir(tmp_path_factory, minilm_dir) -> str:
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=512)
-    return _save_tiny(tmp_path_factory.mktemp("tiny_encoder"), BertModel(cfg), minilm_dir)
+    return save_pretrained_with_tokenizer(tmp_path_factory.mktemp("tiny_encoder"), BertModel(cfg), minilm_dir)
 
 
 @pytest.fixture(scope="session")

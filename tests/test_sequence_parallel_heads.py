@@ -15,6 +15,7 @@ from ray_rm.data.packer import pack_groups
 from ray_rm.model.sequence_parallel import HeadSplit, check_heads
 from sp_probe import PROBED, reference, run_sp
 from test_model import random_groups
+from tiny_models import save_tiny_decoder
 
 
 def test_head_split_covers_every_head_once_and_every_kv_head_needed():
@@ -72,16 +73,8 @@ def test_smollm2_nine_heads_sp2_equals_sp1(smollm2_dir, tmp_path):
 @pytest.fixture(scope="module")
 def qwen2_14_heads_dir(tmp_path_factory, smollm2_dir) -> str:
     """Qwen2-shaped (qkv bias, GQA 14:2 like Qwen2.5-0.5B), tiny: head_dim 8, 2 layers."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(2)
-    cfg = Qwen2Config(vocab_size=49152, hidden_size=112, intermediate_size=224, num_hidden_layers=2,
-                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                      eos_token_id=2, bos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("qwen2_14h")
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(path)
-    return str(path)
+    return save_tiny_decoder(tmp_path_factory.mktemp("qwen2_14h"), "qwen2", smollm2_dir, seed=2, hidden_size=112,
+                             intermediate_size=224, num_attention_heads=14, num_key_value_heads=2)
 
 
 @pytest.mark.slow
