@@ -39,6 +39,7 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 RESULTS = BENCH / "results"
 
 from scale_probes import ObjectStoreSampler, RankCounters, TinyStep, report_counters  # noqa: E402
+from results_file import save_results  # noqa: E402
 
 
 def library():
@@ -331,11 +332,10 @@ def main() -> None:
             run["max_steps"] = opts.max_steps  # 0: one full epoch
             runs = [r for r in runs if (r["design"], r["size"]) != (design, size)] + [run]
             print(json.dumps({k: v for k, v in run.items() if k != "object_store_timeline"}), flush=True)
-    results.mkdir(parents=True, exist_ok=True)
     out = {"options": asdict(opts), "machine": {"cpus": os.cpu_count()}, "runs": runs, "ratios": ratios(runs)}
-    (results / "data_scale.json").write_text(json.dumps(out, indent=1))
-    plot([r for r in runs if "error" not in r], results / "data_scale.png")
-    print(json.dumps({"results": str(results / "data_scale.json"), "plot": str(results / "data_scale.png")}))
+    save_results(out, results, "data_scale", lambda res, png: plot([r for r in res["runs"] if "error" not in r], png),
+                 printed={"results": str(results / "data_scale.json"), "plot": str(results / "data_scale.png")},
+                 indent=1)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from results_file import save_results  # noqa: E402
 DATA = Path(os.environ.get("RAY_RM_TEST_DATA") or REPO.parent / "shared" / "data") / "hh-rlhf-harmless" / "train.jsonl"
 SHAPES = {
     "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -298,8 +299,6 @@ def main(argv=None) -> dict:
         torch.cuda.set_device(device)
     shape = "tiny" if args.cpu_smoke else "qwen2-0.5b"
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     setup_distributed(device)
     groups = load_groups(args.pairs, args.max_len, args.pack_tokens)
@@ -315,9 +314,7 @@ def main(argv=None) -> dict:
 
             report["serve"] = run_serving(model_dir, tokenizer_dir(), groups, args, device, dtype, Path(tmp))
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    (results / "gpu_bench.json").write_text(json.dumps(report, indent=2))
-    plot(report, results / "gpu_bench.png")
-    print(json.dumps(report, indent=2))
+    save_results(report, args.results_dir, "gpu_bench", plot)
     return report
 
 

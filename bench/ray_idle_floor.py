@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+from results_file import save_results  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 
 
@@ -169,11 +170,7 @@ def main() -> None:
     result["no_ray"] = {k: round((first[k] + last[k]) / 2, 3) for k in ("tokens_per_s", "this_process_cores")}
     for point in result["beside_ray_cluster"]:
         point["vs_no_ray"] = round(point["tokens_per_s"] / result["no_ray"]["tokens_per_s"], 3)
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "ray_idle_floor.json").write_text(json.dumps(result, indent=2))
-    plot(result, results / "ray_idle_floor.png")
-    print(json.dumps(result, indent=2))
+    save_results(result, args.results_dir, "ray_idle_floor", plot)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from random_head_rm import random_head_rm  # noqa: E402  (bench/ is the script's own directory)
+from results_file import save_results  # noqa: E402
 HH_TEST = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl"
 RESULTS = REPO / "bench" / "results"
 
@@ -183,11 +184,7 @@ def main() -> None:
               "bare_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "actor_peak_rss_mb": max(r["relabel"]["actor_peak_rss_mb"] for r in rounds)}
     result["meets_target"] = result["ratio_pipeline"] >= 0.85
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "relabel_throughput.json").write_text(json.dumps(result, indent=2))
-    plot(result, results / "relabel_throughput.png")
-    print(json.dumps(result, indent=2))
+    save_results(result, args.results_dir, "relabel_throughput", plot)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from random_head_rm import random_head_rm  # bench/ is the script's own directory
+from results_file import save_results
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "test.jsonl"
@@ -357,11 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()], **overhead},
         "total_s": round(time.time() - started, 1),
     }
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "serve_throughput.json").write_text(json.dumps(report, indent=2))
-    plot(report, results / "serve_throughput.png")
-    print(json.dumps(report, indent=2))
+    save_results(report, args.results_dir, "serve_throughput", plot)
     if report["max_abs_reward_diff_vs_baseline"] > 1e-3:  # a speed ratio of servers computing different things
         raise SystemExit(f"the two servers' rewards differ by up to {report['max_abs_reward_diff_vs_baseline']:.3g}:"
                          " the throughput comparison is not valid (see the JSON)")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from results_file import save_results  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 HEAD_DIM = 64
 
@@ -128,11 +130,7 @@ def main(argv=None) -> dict:
               "uneven_extra_vs_even": t[uneven] / (t[even] * uneven / even) - 1,
               "zero_padded_extra_vs_even": t[padded] / (t[even] * uneven / even) - 1,
               "ideal_extra_uneven": (-(-uneven // s)) / (uneven / s) - 1}
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "sp_uneven_heads.json").write_text(json.dumps(result, indent=2))
-    plot(result, results / "sp_uneven_heads.png")
-    print(json.dumps(result, indent=2))
+    save_results(result, args.results_dir, "sp_uneven_heads", plot)
     return result
 
 

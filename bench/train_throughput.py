@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from cpu_sampler import CpuSampler, busiest_window, cpu_split, find_pid  # noqa: E402
+from results_file import save_results  # noqa: E402
 HH_TRAIN = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "train.jsonl"
 RESULTS = REPO / "bench" / "results"
 MODEL = "smollm2-135m-instruct"  # --model replaces it (the smoke test uses a tiny random model)
@@ -319,8 +320,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     warmup = 1
-    results = Path(args.results_dir)
-    out_file = results / "train_throughput.json"
+    out_file = Path(args.results_dir) / "train_throughput.json"
     result = json.loads(out_file.read_text()) if args.only != "all" and out_file.exists() else {}
     result.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, torch "
                    f"{torch.__version__}", "config": vars(args) | {"warmup_steps": warmup}})
@@ -338,10 +338,7 @@ def main() -> None:
             parser.error(f"only {len(groups)} pairs fit in --max-len {args.max_len}: {len(chunks)} step(s) of "
                          f"{k} pairs, need more than {warmup} warmup step; raise --pairs or --max-len")
         result.update(measure_layouts(chunks, warmup))
-    results.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(result, indent=2))
-    plot(result, results / "train_throughput.png")
-    print(json.dumps(result, indent=2))
+    save_results(result, args.results_dir, "train_throughput", plot)
 
 
 if __name__ == "__main__":
