@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ray_rm.config import load_config
 from ray_rm.config_schema import DEMO_TRAIN_CONFIG, TrainJobConfig
+from ray_rm.plotting import png_figure
 
 # The budget: the whole demo in < 10 min on a 2-core machine shared with other work (README has the measured
 # wall time). Two single-core workers: they trained ~160 tokens/s on this data where one worker with two
@@ -80,22 +81,17 @@ def _untrained_export(root: Path, cfg: TrainJobConfig) -> str:
 
 
 def plot_before_after(before: dict, after: dict, path: Path) -> None:
-    from ray_rm.eval.report import _figure
-
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    xs = range(len(METRICS))
-    for shift, (label, rep) in zip((-0.2, 0.2), (("before training", before), ("after training", after))):
-        vals = [_value(rep, k) for k, _ in METRICS]
-        bars = ax.bar([x + shift for x in xs], vals, 0.4, label=label)
-        ax.bar_label(bars, fmt="%.2f")
-    ax.set_xticks(list(xs), [name for _, name in METRICS])
-    ax.set_ylim(0, 1.1)
-    ax.set_title("SmolLM2-135M + LoRA PRM on held-out arithmetic solutions")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (6, 3.8)) as fig:
+        ax = fig.subplots()
+        xs = range(len(METRICS))
+        for shift, (label, rep) in zip((-0.2, 0.2), (("before training", before), ("after training", after))):
+            vals = [_value(rep, k) for k, _ in METRICS]
+            bars = ax.bar([x + shift for x in xs], vals, 0.4, label=label)
+            ax.bar_label(bars, fmt="%.2f")
+        ax.set_xticks(list(xs), [name for _, name in METRICS])
+        ax.set_ylim(0, 1.1)
+        ax.set_title("SmolLM2-135M + LoRA PRM on held-out arithmetic solutions")
+        ax.legend(loc="upper left")
 
 
 def run_prm_demo(output_dir: str = "outputs/demo-prm", quick: bool = False, overrides: list | None = None,

@@ -22,6 +22,7 @@ from ray_rm.data.stepwise import normalize_step_row
 from ray_rm.errors import DataError, UserError
 from ray_rm.eval import prm_metrics as M
 from ray_rm.eval.runner import EvalActor
+from ray_rm.plotting import png_figure
 
 
 def score_step_task(task: ReadTask, scorer, on_error: str) -> tuple[list[dict], DropReport]:
@@ -102,22 +103,17 @@ def prm_metrics(rows: list[dict], threshold: float = 0.5, aggregation: str = "mi
 
 def plot_step_reliability(table: list[dict], path: Path) -> None:
     """Mean predicted probability vs share labelled correct, per step position (a calibrated PRM: equal)."""
-    from ray_rm.eval.report import _figure
-
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    rows = [b for b in table if b["count"]]
-    xs = [b["position"] + 1 for b in rows]
-    ax.plot(xs, [b["label_rate"] for b in rows], "o-", label="share labelled correct")
-    ax.plot(xs, [b["mean_probability"] for b in rows], "s--", label="mean predicted P(correct)")
-    ax.set_xticks(xs, [f"{x}+" if b["open_ended"] else str(x) for x, b in zip(xs, rows)])
-    ax.set_xlabel("step position")
-    ax.set_ylim(0, 1)
-    ax.set_title("PRM reliability per step position")
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (5.5, 4.2)) as fig:
+        ax = fig.subplots()
+        rows = [b for b in table if b["count"]]
+        xs = [b["position"] + 1 for b in rows]
+        ax.plot(xs, [b["label_rate"] for b in rows], "o-", label="share labelled correct")
+        ax.plot(xs, [b["mean_probability"] for b in rows], "s--", label="mean predicted P(correct)")
+        ax.set_xticks(xs, [f"{x}+" if b["open_ended"] else str(x) for x, b in zip(xs, rows)])
+        ax.set_xlabel("step position")
+        ax.set_ylim(0, 1)
+        ax.set_title("PRM reliability per step position")
+        ax.legend(loc="lower left")
 
 
 def run_prm_eval(job) -> dict:

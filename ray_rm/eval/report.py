@@ -16,71 +16,55 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_rm.plotting import png_figure
+
 PLOTS = {"reliability": "reliability.png", "histogram": "reward_histogram.png", "length": "length_buckets.png"}
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_reliability(metrics: dict, path: Path) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.plot([0.5, 1.0], [0.5, 1.0], "--", color="gray", label="perfect calibration")
-    for key, label, color in (("reliability", f"raw (ECE {metrics['ece']:.3f})", "C0"),
-                              ("reliability_temperature_scaled",
-                               f"T={metrics['temperature']:.2f} (ECE {metrics['ece_temperature_scaled']:.3f})",
-                               "C1")):
-        bins = [b for b in metrics[key] if b["count"]]
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=color, label=label)
-    ax.set_xlabel("confidence max(p, 1-p), p = sigmoid(r_chosen - r_rejected)")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0.5, 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_title("Reliability diagram")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (5, 4.2)) as fig:
+        ax = fig.subplots()
+        ax.plot([0.5, 1.0], [0.5, 1.0], "--", color="gray", label="perfect calibration")
+        for key, label, color in (("reliability", f"raw (ECE {metrics['ece']:.3f})", "C0"),
+                                  ("reliability_temperature_scaled",
+                                   f"T={metrics['temperature']:.2f} (ECE {metrics['ece_temperature_scaled']:.3f})",
+                                   "C1")):
+            bins = [b for b in metrics[key] if b["count"]]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=color, label=label)
+        ax.set_xlabel("confidence max(p, 1-p), p = sigmoid(r_chosen - r_rejected)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0.5, 1.0)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title("Reliability diagram")
+        ax.legend(loc="lower right", fontsize=8)
 
 
 def plot_histogram(chosen: np.ndarray, rejected: np.ndarray, path: Path) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    both = np.concatenate([chosen, rejected])
-    bins = np.linspace(both.min(), both.max() + 1e-9, 31) if both.size else 10
-    ax.hist(chosen, bins=bins, alpha=0.55, label=f"chosen (mean {chosen.mean():.3f})", color="C2")
-    ax.hist(rejected, bins=bins, alpha=0.55, label=f"rejected (mean {rejected.mean():.3f})", color="C3")
-    ax.set_xlabel("reward")
-    ax.set_ylabel("rows")
-    ax.set_title("Rewards of chosen (best) and rejected (worst) responses")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (5, 4.2)) as fig:
+        ax = fig.subplots()
+        both = np.concatenate([chosen, rejected])
+        bins = np.linspace(both.min(), both.max() + 1e-9, 31) if both.size else 10
+        ax.hist(chosen, bins=bins, alpha=0.55, label=f"chosen (mean {chosen.mean():.3f})", color="C2")
+        ax.hist(rejected, bins=bins, alpha=0.55, label=f"rejected (mean {rejected.mean():.3f})", color="C3")
+        ax.set_xlabel("reward")
+        ax.set_ylabel("rows")
+        ax.set_title("Rewards: chosen (best) vs rejected (worst)")
+        ax.legend(fontsize=8)
 
 
 def plot_length_buckets(metrics: dict, path: Path) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    buckets = metrics["length_buckets"]
-    labels = [f"{b['lo']:.0f}-{b['hi']:.0f}\n(n={b['count']})" for b in buckets]
-    ax.bar(range(len(buckets)), [b["accuracy"] for b in buckets], color="C0")
-    ax.axhline(metrics["accuracy"], color="gray", linestyle="--", label=f"overall {metrics['accuracy']:.3f}")
-    ax.set_xticks(range(len(buckets)), labels, fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("pair length (mean tokens per sequence)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy by length bucket")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, (5, 4.2)) as fig:
+        ax = fig.subplots()
+        buckets = metrics["length_buckets"]
+        labels = [f"{b['lo']:.0f}-{b['hi']:.0f}\n(n={b['count']})" for b in buckets]
+        ax.bar(range(len(buckets)), [b["accuracy"] for b in buckets], color="C0")
+        ax.axhline(metrics["accuracy"], color="gray", linestyle="--", label=f"overall {metrics['accuracy']:.3f}")
+        ax.set_xticks(range(len(buckets)), labels, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("pair length (mean tokens per sequence)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy by length bucket")
+        ax.legend(fontsize=8)
 
 
 def _fmt(v) -> str:

@@ -15,6 +15,8 @@ import json
 import math
 from pathlib import Path
 
+from ray_rm.plotting import png_figure
+
 # curve name -> {point field -> metric key}
 CURVE_KEYS = {"train": {"loss": "train/rm/loss", "accuracy": "train/rm/accuracy"},
               "eval": {"loss": "eval/rm/loss", "accuracy": "eval/rm/accuracy"}}
@@ -54,27 +56,22 @@ def read_from_checkpoint(checkpoint_dir: str | Path, state_file: str) -> dict:
 
 def plot(curves: dict, path: str | Path, title: str = "") -> str:
     """Draw loss and accuracy (train per step, eval per evaluation) side by side into a PNG; returns its path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, field in enumerate(("loss", "accuracy")):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for name, style in (("train", {"linewidth": 1.2}), ("eval", {"marker": "o", "linewidth": 1.5})):
-            curve = curves.get(name) or {}
-            points = [(s, v) for s, v in zip(curve.get("step", []), curve.get(field, [])) if v is not None]
-            if points:
-                ax.plot(*zip(*points), label=name, **style)
-        ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(field)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    with png_figure(path, (10, 4), dpi=100) as fig:
+        for i, field in enumerate(("loss", "accuracy")):
+            ax = fig.add_subplot(1, 2, i + 1)
+            for name, style in (("train", {"linewidth": 1.2}), ("eval", {"marker": "o", "linewidth": 1.5})):
+                curve = curves.get(name) or {}
+                points = [(s, v) for s, v in zip(curve.get("step", []), curve.get(field, [])) if v is not None]
+                if points:
+                    ax.plot(*zip(*points), label=name, **style)
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(field)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend()
+        if title:
+            fig.suptitle(title)
     return str(path)
