@@ -113,3 +113,20 @@ def test_task_accounting_and_strict_mode(tmp_path, exported_tiny_rm):
         assert rec["margin"] == pytest.approx(rec["score_chosen"] - rec["score_rejected"])
     with pytest.raises(DataError, match=r"c.jsonl, row 2: invalid JSON"):
         relabel_task(task, scorer, RelabelConfig(mode="pairs-from-candidates", on_error="raise"))
+
+
+def test_a_task_refuses_a_row_whose_schema_differs_from_its_first_row():
+    """A part file holds text or message-list prompts, never both: the row that switches is named."""
+    parse = select.OneSchemaParser(normalize_candidates, "rows", "responses")
+    assert parse.chat is None
+    text = {"prompt": "Q: ", "responses": ["a", "b"]}
+    chat = {"prompt": [{"role": "user", "content": "hi"}],
+            "responses": [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]}
+    assert parse(text, "in.jsonl", 1).responses == ("a", "b") and parse.chat is False
+    assert parse(text, "in.jsonl", 2).prompt == "Q: "
+    with pytest.raises(DataError, match=r"in\.jsonl.*row 3.*responses.*mixes text and message-list rows"):
+        parse(chat, "in.jsonl", 3)
+    chat_first = select.OneSchemaParser(normalize_candidates, "rows", "responses")
+    assert chat_first(chat, "c.jsonl", 1).is_chat and chat_first.chat is True
+    with pytest.raises(DataError, match="mixes text and message-list rows"):
+        chat_first(text, "c.jsonl", 2)

@@ -20,6 +20,7 @@ from ray_rm.data.formats import _content_to_json
 from ray_rm.data.prepare import read_examples
 from ray_rm.data.stepwise import normalize_step_row
 from ray_rm.eval import prm_metrics as M
+from ray_rm.relabel.select import OneSchemaParser
 
 STEPS = pa.list_(pa.string())
 FLOATS = pa.list_(pa.float64())
@@ -61,25 +62,15 @@ def _records(ex, step_scores: list, cfg, counts) -> list[dict]:
 
 def prm_relabel_task(task, scorer, cfg, out) -> None:
     """Fill ``out`` (a ``task.TaskOutput``) from one task of stepwise rows."""
-    from ray_rm.errors import DataError, UserError
+    from ray_rm.errors import UserError
     from ray_rm.scoring.steps import encode_steps, score_step_groups
 
     if cfg.mode not in ("best-of-n", "step-filter"):
         raise UserError(f"relabel.mode={cfg.mode} compares whole responses; a process reward model relabels with "
                         "mode best-of-n or step-filter")
 
-    chat = None
-
-    def parse(raw, source: str, rowno: int):
-        nonlocal chat
-        ex = normalize_step_row(raw, source, rowno, require_labels=False)
-        if chat is None:
-            chat = ex.is_chat
-        elif ex.is_chat != chat:  # one part file has one schema
-            raise DataError("mixes text and message-list prompts in one file; split them into separate files",
-                            source, rowno, "prompt")
-        return ex
-
+    parse = OneSchemaParser(lambda raw, source, rowno: normalize_step_row(raw, source, rowno, require_labels=False),
+                            "prompts", "prompt")
     examples, groups = [], []
     for ex in read_examples(task, out.report, cfg.on_error, parse):
         tokens = encode_steps(scorer, [(ex.prompt, steps) for steps in ex.solutions])
@@ -90,7 +81,7 @@ def prm_relabel_task(task, scorer, cfg, out) -> None:
             continue
         examples.append(ex)
         groups.append(tokens)
-    out.chat = bool(chat)
+    out.chat = bool(parse.chat)
     out.schema = output_schema(cfg.mode, out.chat)
     out.tokens = sum(len(t.input_ids) for g in groups for t in g)
     for ex, step_scores in zip(examples, score_step_groups(scorer, groups) if groups else []):

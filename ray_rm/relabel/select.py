@@ -18,8 +18,29 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ray_rm.data.formats import PreferenceExample
+from ray_rm.errors import DataError
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+class OneSchemaParser:
+    """A row parser for one task that refuses a row whose schema differs from the task's first row.
+
+    Why: a task writes one part file, and a part file's prompt column is either text or a message list
+    (``MESSAGES``); a file mixing both would fail at write time, far from the row that caused it. ``chat``
+    is the task's schema once a row was parsed (None before)."""
+
+    def __init__(self, parse, rows: str, field: str):
+        self.parse, self.rows, self.field, self.chat = parse, rows, field, None
+
+    def __call__(self, raw, source: str, rowno: int):
+        ex = self.parse(raw, source, rowno)
+        if self.chat is None:
+            self.chat = ex.is_chat
+        elif ex.is_chat != self.chat:
+            raise DataError(f"mixes text and message-list {self.rows} in one file; split them into separate files",
+                            source, rowno, self.field)
+        return ex
 
 
 @dataclass

@@ -78,20 +78,10 @@ def relabel_task(task: ReadTask, scorer, cfg: RelabelConfig) -> TaskOutput:
         raise UserError("relabel.mode=step-filter cuts solutions by step rewards: it needs a process reward model "
                         "(a checkpoint trained with model.head=prm)")
     examples: list[PreferenceExample] = []
-    chat = None
-
-    def parse(raw, source: str, rowno: int) -> PreferenceExample:
-        nonlocal chat
-        ex = parse_row(raw, source, rowno, cfg.mode)
-        if chat is None:
-            chat = ex.is_chat
-        elif ex.is_chat != chat:  # one part file has one schema
-            raise DataError("mixes text and message-list rows in one file; split them into separate files",
-                            source, rowno, "responses")
-        return ex
-
+    parse = select.OneSchemaParser(lambda raw, source, rowno: parse_row(raw, source, rowno, cfg.mode), "rows",
+                                   "responses")
     examples.extend(read_examples(task, out.report, cfg.on_error, parse))
-    out.chat = bool(chat)
+    out.chat = bool(parse.chat)
     out.attribute_names = scorer.attribute_names
     scored = score_examples(scorer, examples, cfg.normalize, out.timing)
     out.tokens = group_tokens(scored)
