@@ -19,11 +19,15 @@ import os
 import warnings
 
 VERBOSE_ENV = "RAY_RM_VERBOSE"
+# Ray Data re-applies its logging YAML (its loggers at INFO) each time a dataset starts executing, after any level
+# set here; only this variable outranks the YAML ("Dataset ... execution finished" lines otherwise).
+RAY_DATA_LEVEL_ENV = "RAY_DATA_LOG_LEVEL"
+SERVE_LOGGER = "ray.serve"
 
 # Loggers whose INFO lines are library internals (cluster start, operator plans, report bookkeeping, per-request
 # HTTP lines): WARNING unless verbose. "ray" is the parent of Ray's own loggers; Ray Data and Train log through
 # children of it that carry their own levels.
-LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "ray.tune", "DeepSpeed", "torch.distributed",
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", SERVE_LOGGER, "ray.tune", "DeepSpeed", "torch.distributed",
                    "transformers", "httpx", "httpcore", "filelock", "urllib3")
 # Its only lines: "Progress bars disabled. To enable, set ...", logged at WARNING because ray_rm turned them off.
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
@@ -73,6 +77,7 @@ def configure(verbose: bool) -> None:
     """Apply the switch in this process: library loggers at INFO or WARNING, ray_rm's at INFO (DEBUG if verbose)."""
     level = library_level(verbose)
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # processes started from this one inherit it
+    _configure_ray_data(verbose)  # first: importing ray.data sets its loggers' levels, which the loop below overrides
     logging.getLogger().setLevel(level)  # third-party loggers without a level of their own follow the root
     logging.getLogger("ray_rm").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in LIBRARY_LOGGERS:
@@ -83,7 +88,6 @@ def configure(verbose: bool) -> None:
             warnings.filterwarnings("default", message=message, category=category)
         else:
             warnings.filterwarnings("ignore", message=message, category=category)
-    _configure_ray_data(verbose)
     _configure_ray_train(level)
     _configure_transformers(verbose)
 
@@ -106,12 +110,21 @@ def library_prints():
 
 def _configure_ray_data(verbose: bool) -> None:
     """Ray Data's per-operator progress bars are off either way (the jobs draw one row bar of their own);
-    its execution-plan lines come back with --verbose."""
+    its execution-plan lines come back with --verbose. The level variable is set before ray.data is imported: its
+    import, like each dataset's execution, applies Ray Data's own logging config, which only that variable outranks."""
+    if os.environ.get(RAY_DATA_LEVEL_ENV, "INFO").upper() in ("INFO", "WARNING"):  # a user's DEBUG or ERROR stays
+        os.environ[RAY_DATA_LEVEL_ENV] = "INFO" if verbose else "WARNING"
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = verbose
+
+
+def configure_serve_driver() -> None:
+    """Importing ``ray.serve`` gives its driver-side logger INFO and a handler of its own ("Started Serve",
+    "Deleting app"), whatever was set before: called right after that import, so the switch holds there too."""
+    logging.getLogger(SERVE_LOGGER).setLevel(library_level(verbose_from_env()))
 
 
 def _configure_ray_train(level: int) -> None:

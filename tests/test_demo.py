@@ -1,6 +1,7 @@
 """The README's first command, `make demo`, runs jobs/demo.py: here its --quick form, end to end."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,11 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert (out / "eval" / "report.html").stat().st_size > 10_000  # the plots are embedded
     for line in ("[ray_rm demo] finished", "train ", "serve ", "relabel ", "eval "):
         assert line in proc.stdout
+    # quiet by default: no library's INFO line, though Ray Serve's import and every Ray Data execution re-apply
+    # their own logging configs (ray_rm's own INFO lines, e.g. the local cluster's start and stop, stay)
+    library_info = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                    if re.search(r"\bINFO\b", ln) and "ray_rm." not in ln]
+    assert not library_info, library_info[:5]
 
     from transformers import AutoModelForSequenceClassification
 

@@ -30,17 +30,18 @@ def restore_logging():
     from ray.data import DataContext
 
     levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    env = os.environ.get(logging_setup.VERBOSE_ENV)
+    env = {name: os.environ.get(name) for name in (logging_setup.VERBOSE_ENV, logging_setup.RAY_DATA_LEVEL_ENV)}
     ctx = DataContext.get_current()
     data = (ctx.enable_progress_bars, ctx.print_on_execution_start)
     with warnings.catch_warnings():
         yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
-    if env is None:
-        os.environ.pop(logging_setup.VERBOSE_ENV, None)
-    else:
-        os.environ[logging_setup.VERBOSE_ENV] = env
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     ctx.enable_progress_bars, ctx.print_on_execution_start = data
 
 
@@ -157,3 +158,40 @@ def test_building_from_a_base_lm_prints_no_load_report_but_warns_about_missing_b
     with caplog.at_level(logging.WARNING, logger="ray_rm.model.build"):
         build_reward_model(ModelConfig(name_or_path=str(broken)))
     assert [r for r in caplog.records if gone in r.getMessage() and "initialised at random" in r.getMessage()]
+
+
+# A driver as a job runs it: the switch first, then Ray, a Ray Data dataset and Ray Serve's import (each of which
+# re-configures its own loggers at INFO), then a line at INFO from each.
+_LATE_LIBRARIES = """
+import logging, sys
+import ray
+from ray_rm import logging_setup
+logging_setup.configure(sys.argv[1] == "verbose")
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+import ray.data
+ray.data.range(3).map(lambda r: r).take_all()
+from ray import serve
+logging_setup.configure_serve_driver()
+logging.getLogger("ray.serve").info("serve driver line")
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_ray_data_and_serve_stay_quiet_after_they_reconfigure_their_loggers(mode):
+    env = {k: v for k, v in os.environ.items() if k != logging_setup.RAY_DATA_LEVEL_ENV}
+    proc = subprocess.run([sys.executable, "-c", _LATE_LIBRARIES, mode], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env=dict(env, RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout + proc.stderr
+    for line in ("execution finished", "serve driver line"):
+        assert (line in printed) == (mode == "verbose"), (line, printed[-3000:])
+
+
+def test_a_users_own_ray_data_level_is_kept(restore_logging):
+    os.environ[logging_setup.RAY_DATA_LEVEL_ENV] = "DEBUG"
+    logging_setup.configure(False)
+    assert os.environ[logging_setup.RAY_DATA_LEVEL_ENV] == "DEBUG"
+    os.environ[logging_setup.RAY_DATA_LEVEL_ENV] = "INFO"  # what a verbose run of ours set
+    logging_setup.configure(False)
+    assert os.environ[logging_setup.RAY_DATA_LEVEL_ENV] == "WARNING"

@@ -74,8 +74,9 @@ def deploy(cfg: ServeConfig):
     """Start Serve's HTTP proxy on cfg.host:cfg.port (if Serve is not running yet) and deploy; returns the handle."""
     from ray import serve
 
-    from ray_rm.logging_setup import serve_logging_config
+    from ray_rm.logging_setup import configure_serve_driver, serve_logging_config
 
+    configure_serve_driver()
     app = build_app(cfg)
     serve.start(http_options=http_options(cfg), logging_config=serve_logging_config())
     return serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, logging_config=serve_logging_config())
