@@ -148,3 +148,18 @@ def test_rank_stream_with_a_window_equals_direct(ray_local, files, smollm2_dir):
     assert [r["report_json"] for r in got] == [r["report_json"] for r in want]
     assert rows_equal([PackedRow.from_record(r) for r in got if r["kind"] == "packed"],
                       [PackedRow.from_record(r) for r in want if r["kind"] == "packed"])
+
+
+@pytest.mark.slow
+def test_a_relative_data_path_is_read_by_ray_workers(ray_local, smollm2_dir, tmp_path, monkeypatch):
+    """Read tasks run in Ray workers, whose working directory is not the driver's: a path relative to the
+    driver's (``data.train_files: [data/train.jsonl]``, as the shipped example config has) must still be read."""
+    folder = tmp_path / "rel_data"
+    folder.mkdir()
+    (folder / "pairs.jsonl").write_text("".join(HH_TEST.read_text().splitlines(keepends=True)[:20]))
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(rows_per_read_task=8, tokenize_actors=1, pack_tokens=2048, max_length=1024)
+    stream = list(packed_dataset(["rel_data/pairs.jsonl"], cfg, settings(smollm2_dir, 3)).iter_rows())
+    got = [PackedRow.from_record(r) for r in stream if r["kind"] == "packed"]
+    want, report = direct_packed_rows([str(folder / "pairs.jsonl")], cfg, settings(smollm2_dir, 3))
+    assert report.rows_read == 20 and rows_equal(got, want)

@@ -50,7 +50,10 @@ def _is_saved_dataset(path: Path) -> bool:
 
 
 def expand_sources(specs: list[str]) -> list[tuple[str, str]]:
-    """Resolve user specs into (source, kind) pairs; folders expand to their data files, sorted."""
+    """Resolve user specs into (source, kind) pairs; folders expand to their data files, sorted.
+
+    Local paths come out absolute, resolved against this process's working directory: the read tasks go to Ray
+    workers, whose working directory is not the driver's (a relative ``data/train.jsonl`` would not be found)."""
     out: list[tuple[str, str]] = []
     for spec in specs:
         if spec.startswith(BUILTIN_PREFIX):
@@ -63,7 +66,7 @@ def expand_sources(specs: list[str]) -> list[tuple[str, str]]:
         if not matches:
             raise DataError(f"no files match '{spec}'")
         for m in matches:
-            path = Path(m)
+            path = Path(m).absolute()
             if path.is_dir():
                 if _is_saved_dataset(path):
                     out.append((str(path), "hf_disk"))
