@@ -208,7 +208,28 @@ def load_config(cls: type[T], config_path: str | None = None, overrides: list[st
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=1e-5)")
         key, raw = item.split("=", 1)
         _set_dotted(tree, cls, key.strip(), raw)
-    return from_dict(cls, tree)
+    return absolute_local_paths(from_dict(cls, tree))
+
+
+def absolute_local_paths(cfg):
+    """``cfg`` with every ``local_path`` field's value (or list item) that names an existing local file or folder
+    made absolute against this process's working directory; anything else (a hub id, ``builtin:...``,
+    ``hf://...``, a glob) is kept as written.
+
+    Why here, once, in the driver: Ray Train runs each worker in its run's own working directory (Ray's
+    ``RAY_CHDIR_TO_TRIAL_DIR``), and other Ray workers need not share the driver's, so a path the user gave
+    relative to where they started the job would not be found where it is opened."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            absolute_local_paths(value)
+        elif f.metadata.get("local_path"):
+            setattr(cfg, f.name, [_absolute(v) for v in value] if isinstance(value, list) else _absolute(value))
+    return cfg
+
+
+def _absolute(value):
+    return str(Path(value).absolute()) if isinstance(value, str) and value and Path(value).exists() else value
 
 
 def describe(cls) -> str:

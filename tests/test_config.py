@@ -258,3 +258,29 @@ def test_config_errors_are_user_errors():
     from ray_rm.errors import UserError
 
     assert issubclass(ConfigError, UserError)
+
+
+def test_local_paths_become_absolute_and_other_sources_stay_as_written(tmp_path, monkeypatch):
+    """Ray Train runs workers in another working directory, so load_config makes local paths absolute."""
+    from ray_rm.eval.config import EvalJobConfig
+    from ray_rm.relabel.config import RelabelJobConfig
+    from ray_rm.serve.config import ServeJobConfig
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    (tmp_path / "rm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(TrainJobConfig, None, ["data.train_files=data/train.jsonl,builtin:verifiable,hf://a/b,data/*.jsonl",
+                                             "data.eval_files=data", "model.name_or_path=rm"])
+    assert cfg.data.train_files == [str(tmp_path / "data" / "train.jsonl"), "builtin:verifiable", "hf://a/b",
+                                    "data/*.jsonl"]
+    assert cfg.data.eval_files == [str(tmp_path / "data")] and cfg.model.name_or_path == str(tmp_path / "rm")
+    assert load_config(TrainJobConfig, None, ["model.name_or_path=Qwen/Qwen2.5-0.5B"]).model.name_or_path == \
+        "Qwen/Qwen2.5-0.5B"  # a hub id: nothing local by that name
+    assert load_config(EvalJobConfig, None, ["eval.model_path=rm"]).eval.model_path == str(tmp_path / "rm")
+    relabel = load_config(RelabelJobConfig, None, ["relabel.model_path=./rm", "relabel.input_files=data/train.jsonl"])
+    assert (relabel.relabel.model_path, relabel.relabel.input_files) == (str(tmp_path / "rm"),
+                                                                         [str(tmp_path / "data" / "train.jsonl")])
+    serve = load_config(ServeJobConfig, None, ["serve.model_path=rm", "serve.ensemble_paths=rm,smollm2-135m-instruct"])
+    assert serve.serve.model_path == str(tmp_path / "rm")
+    assert serve.serve.ensemble_paths == [str(tmp_path / "rm"), "smollm2-135m-instruct"]

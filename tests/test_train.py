@@ -1,5 +1,6 @@
 """End-to-end training on a real local Ray cluster: Ray Train TorchTrainer + DeepSpeed on CPU (gloo)."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from ray_rm.scoring import RewardScorer
 from ray_rm.train.driver import run_training
+from conftest import HH_TEST, HH_TRAIN
 from train_helpers import all_weights, eval_accuracy_by_transformers, head_weight, read_metrics, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -102,11 +104,16 @@ def test_lora_checkpoint_holds_the_value_head_and_export_merges(ray_local, tiny_
     assert not torch.allclose(exported[q], base[q.removeprefix("model.")])
 
 
-def test_encoder_reward_model_trains_and_exports(ray_local, tiny_encoder_dir, tmp_path):
+def test_encoder_reward_model_trains_and_exports(ray_local, tiny_encoder_dir, tmp_path, monkeypatch):
+    """Also: the model and data paths are given relative to the directory the job starts in, as users type them;
+    Ray Train runs its workers in another working directory."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "encoder"
-    summary = run_training(tiny_config(tiny_encoder_dir, out, **{"data.max_length": 256, "train.zero_stage": 1}))
+    monkeypatch.chdir(tmp_path)
+    relative = {"data.train_files": os.path.relpath(HH_TRAIN), "data.eval_files": os.path.relpath(HH_TEST)}
+    summary = run_training(tiny_config(os.path.relpath(tiny_encoder_dir), out,
+                                       **{"data.max_length": 256, "train.zero_stage": 1, **relative}))
     assert summary["steps"] == max(summary["data"]["train_rows_per_dp_rank"])  # one epoch, 2 workers, 1 row each
     clf = AutoModelForSequenceClassification.from_pretrained(out / "hf").eval()
     assert type(clf).__name__ == "BertForSequenceClassification"

@@ -19,7 +19,8 @@ class RelabelConfig(ScoringOptions):
                                              "({prompt?, chosen, rejected} -> scores + agree) | best-of-n | step-filter "
                                              "(process reward models: stepwise rows, each solution cut at its "
                                              "first step below step_threshold)", MODES)
-    input_files: list = opt([], "input rows: JSONL / JSON / Parquet files, folders, save_to_disk folders, hf://")
+    input_files: list = opt([], "input rows: JSONL / JSON / Parquet files, folders, save_to_disk folders, hf://",
+                            local_path=True)
     step_aggregate: str = opt("min", "process reward models, best-of-n: how step rewards rank solutions: min | prod "
                                      "| last | mean of step probabilities", ("min", "prod", "last", "mean"))
     step_threshold: float = opt(0.5, "process reward models, step-filter: cut each solution before its first step "

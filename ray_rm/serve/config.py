@@ -18,9 +18,9 @@ TOKEN_ENV = "RAY_RM_SERVE_TOKEN"
 @dataclass
 class ServeConfig:
     model_path: str = opt("", "exported ray_rm checkpoint or any HF sequence-classification RM (local dir, hub id, "
-                              "or 'smollm2-135m-instruct')")
+                              "or 'smollm2-135m-instruct')", local_path=True)
     ensemble_paths: list = opt([], "extra RM checkpoints held by the same replica; rewards become "
-                                   "mean - ensemble_penalty * std over model_path + these")
+                                   "mean - ensemble_penalty * std over model_path + these", local_path=True)
     ensemble_penalty: float = opt(1.0, "k in the conservative ensemble reward mean - k * std")
     model_name: str = opt("", "name reported in responses and /v1/models (default: the checkpoint folder name)")
     app_name: str = opt("ray_rm", "Ray Serve application name (RewardClient looks the deployment up by it)")
