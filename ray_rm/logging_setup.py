@@ -112,8 +112,12 @@ def _configure_ray_data(verbose: bool) -> None:
     """Ray Data's per-operator progress bars are off either way (the jobs draw one row bar of their own);
     its execution-plan lines come back with --verbose. The level variable is set before ray.data is imported: its
     import, like each dataset's execution, applies Ray Data's own logging config, which only that variable outranks."""
-    if os.environ.get(RAY_DATA_LEVEL_ENV, "INFO").upper() in ("INFO", "WARNING"):  # a user's DEBUG or ERROR stays
-        os.environ[RAY_DATA_LEVEL_ENV] = "INFO" if verbose else "WARNING"
+    current = os.environ.get(RAY_DATA_LEVEL_ENV)
+    if current is None or current.upper() == "WARNING":  # unset, or quiet mode's own: a user's other level stays
+        if verbose:
+            os.environ.pop(RAY_DATA_LEVEL_ENV, None)  # Ray Data's own levels: DEBUG to its log file, INFO on screen
+        else:
+            os.environ[RAY_DATA_LEVEL_ENV] = "WARNING"
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
