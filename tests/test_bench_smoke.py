@@ -52,6 +52,16 @@ def test_ray_idle_floor_bench_runs(tmp_path, tiny_decoder_dir):
     assert points[0]["idle_actor_context_switches_per_s"] is None
 
 
+def test_data_scale_bench_runs(tmp_path):
+    result = run_bench("data_scale", tmp_path, "--sizes", "300", "--designs", "stream", "--max-steps", "2",
+                       "--rows-per-task", "100")
+    (run,) = result["runs"]
+    # the streaming design's promise at any size: every planned pair was read, and by exactly one worker
+    assert run["design"] == "stream" and run["size"] == 300 and "error" not in run
+    assert run["pairs_read"] == run["pairs_total"] > 0 and run["read_amplification"] == 1.0
+    assert sum(run["rows_read_per_worker"]) == run["rows_total"] and run["steps_per_worker"] == [2, 2]
+
+
 def test_serve_throughput_bench_runs(tmp_path, exported_tiny_rm):
     result = run_bench("serve_throughput", tmp_path, "--concurrency", "1,8", "--requests", "2,16",
                        "--reward-model", exported_tiny_rm)
